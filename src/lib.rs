@@ -1,0 +1,1 @@
+//! tapis-webodm-sync: keeps WebODM projects in step with drone flights stored on Tapis.
