@@ -1,0 +1,591 @@
+//! Runs a [`Plan`]: creates or adopts projects and tasks, streams images Tapis → WebODM,
+//! commits, and records every outcome in the store.
+//!
+//! Crash-safety rules (design.md): an intent is flushed before every create and cleared after
+//! its result is recorded; a project is always looked up (exact name + key tag) before it is
+//! created, and a task whenever its project was adopted or its intent is open; an image is
+//! recorded only after WebODM confirmed exactly the listing's byte count.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use backon::Retryable;
+use futures_util::{stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::discover::Image;
+use crate::http::ApiError;
+use crate::naming;
+use crate::plan::{FlightPlan, Plan, Step};
+use crate::state::{
+    now_ms, FlightKey, FlightRecord, IntentKind, Phase, StateError, Store, UploadedImage,
+};
+use crate::tapis::TapisClient;
+use crate::webodm::{NewProject, NewTask, Project, Task, WebodmClient};
+
+/// A project created this pass (the original integration's `created_projects` item).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedProject {
+    /// WebODM project id.
+    pub project_id: i64,
+    /// Its name.
+    pub project_name: String,
+    /// Flight folder.
+    pub flight_name: String,
+    /// Tapis system.
+    pub system_id: String,
+    /// Images in the flight when created.
+    pub image_count: u64,
+}
+
+/// What one pass did (logged at info and printed by `--json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassSummary {
+    /// Systems whose flights were listed.
+    pub systems_scanned: usize,
+    /// Flights found on Tapis.
+    pub flights_discovered: usize,
+    /// Projects created (not adopted).
+    pub projects_created: usize,
+    /// What failed, one line each, naming the flight.
+    pub errors: Vec<String>,
+    /// The projects created.
+    pub created_projects: Vec<CreatedProject>,
+    /// Tasks created (not adopted).
+    pub tasks_created: usize,
+    /// Images WebODM confirmed this pass.
+    pub images_uploaded: u64,
+    /// Their bytes.
+    pub bytes_uploaded: u64,
+    /// Tasks committed for processing.
+    pub tasks_committed: usize,
+    /// Wall time of the pass.
+    pub duration_ms: u64,
+    /// HTTP requests sent to Tapis (retries and logins included).
+    pub tapis_requests: u64,
+    /// HTTP requests sent to WebODM (retries and logins included).
+    pub webodm_requests: u64,
+}
+
+impl PassSummary {
+    fn absorb(&mut self, o: FlightOutcome) {
+        self.projects_created += o.created_project.is_some() as usize;
+        self.created_projects.extend(o.created_project);
+        self.tasks_created += o.tasks_created;
+        self.images_uploaded += o.images_uploaded;
+        self.bytes_uploaded += o.bytes_uploaded;
+        self.tasks_committed += o.committed as usize;
+        self.errors.extend(o.error);
+    }
+}
+
+/// Why one step of a flight failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A WebODM or Tapis call failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        source: ApiError,
+    },
+    /// The store failed.
+    #[error("state store: {0}")]
+    State(#[from] StateError),
+    /// Some images could not be transferred.
+    #[error("{failed} of {total} images not uploaded; first failure: {first}")]
+    Images {
+        /// How many failed.
+        failed: usize,
+        /// How many were tried.
+        total: usize,
+        /// The first failure.
+        first: String,
+    },
+    /// WebODM confirmed a different byte count than Tapis listed.
+    #[error("image {name}: WebODM stored {stored} bytes, Tapis lists {listed}")]
+    SizeMismatch {
+        /// File name.
+        name: String,
+        /// Bytes WebODM reported.
+        stored: u64,
+        /// Bytes in the listing.
+        listed: u64,
+    },
+    /// A person deleted the project or committed task.
+    #[error("{0} was deleted in WebODM; it is not recreated until `tapis-webodm-sync forget` is run for this flight")]
+    Deleted(String),
+}
+
+fn api(what: impl Into<String>) -> impl FnOnce(ApiError) -> StepError {
+    let what = what.into();
+    move |source| StepError::Api { what, source }
+}
+
+/// What the engine needs to run a plan.
+pub struct Engine<'a> {
+    /// Tapis client.
+    pub tapis: &'a TapisClient,
+    /// WebODM client.
+    pub webodm: &'a WebodmClient,
+    /// The store.
+    pub store: &'a Store,
+    /// The effective config.
+    pub config: &'a Config,
+    /// Set when the daemon is stopping: no new image is started.
+    pub stopping: Arc<AtomicBool>,
+    /// Transfer progress, when stdout is a terminal.
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+#[derive(Default)]
+struct FlightOutcome {
+    created_project: Option<CreatedProject>,
+    tasks_created: usize,
+    images_uploaded: u64,
+    bytes_uploaded: u64,
+    committed: bool,
+    error: Option<String>,
+}
+
+impl Engine<'_> {
+    /// Runs every flight's steps (flights concurrently), records vanished flights, and returns
+    /// the counts for the pass summary.
+    pub async fn apply(&self, plan: &Plan) -> PassSummary {
+        let mut summary = PassSummary::default();
+        let uploads = Arc::new(Semaphore::new(self.config.webodm.max_concurrent_uploads));
+        if let Some(bar) = &self.progress {
+            bar.set_length(plan.uploads().1);
+        }
+        let outcomes: Vec<FlightOutcome> = stream::iter(&plan.flights)
+            .map(|fp| self.reconcile(fp, uploads.clone()))
+            .buffer_unordered(self.config.webodm.max_concurrent_uploads)
+            .collect()
+            .await;
+        for o in outcomes {
+            summary.absorb(o);
+        }
+        for key in &plan.vanished {
+            if let Err(e) = self.mark_vanished(key).await {
+                summary.errors.push(format!("{key}: {e}"));
+            }
+        }
+        if let Some(bar) = &self.progress {
+            bar.finish_and_clear();
+        }
+        summary
+    }
+
+    async fn mark_vanished(&self, key: &FlightKey) -> Result<(), StateError> {
+        if let Some(mut rec) = self.store.flight(key)? {
+            warn!(system = %key.system, flight = %key.flight, "flight folder is gone from Tapis; its WebODM project is kept");
+            rec.vanished_ms = Some(now_ms());
+            self.store.put_flight(&rec).await?;
+        }
+        Ok(())
+    }
+
+    /// One flight: runs its steps in order, stopping at the first failure, and records the
+    /// outcome (with the next attempt time when it failed).
+    async fn reconcile(&self, fp: &FlightPlan, uploads: Arc<Semaphore>) -> FlightOutcome {
+        let key = &fp.flight.key;
+        let mut out = FlightOutcome::default();
+        let mut rec = match self.store.flight(key) {
+            Ok(r) => r.unwrap_or_else(|| FlightRecord::new(key.clone(), now_ms())),
+            Err(e) => {
+                out.error = Some(format!("{key}: {e}"));
+                return out;
+            }
+        };
+        rec.listing = fp.flight.fingerprint();
+        rec.listing_since_ms = fp.listing_since_ms;
+        rec.images_total = fp.flight.images.len() as u64;
+        if rec.vanished_ms.take().is_some() {
+            info!(system = %key.system, flight = %key.flight, "flight folder is back on Tapis");
+        }
+        let mut result = Ok(());
+        for step in &fp.steps {
+            result = self.step(step, fp, &mut rec, &uploads, &mut out).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        if rec.phase != Phase::Committed {
+            match self.count_uploaded(&rec, &fp.flight.images) {
+                Ok(n) => rec.images_uploaded = n,
+                Err(e) => result = result.and(Err(e)),
+            }
+        }
+        match result {
+            Ok(()) => {
+                rec.failures = 0;
+                rec.last_error = None;
+                rec.next_attempt_ms = None;
+            }
+            Err(e) => {
+                if matches!(e, StepError::Deleted(_)) {
+                    rec.phase = Phase::DeletedInWebodm;
+                }
+                rec.failures += 1;
+                let delay = crate::plan::retry_delay(rec.failures, &self.config.retry);
+                rec.next_attempt_ms = Some(now_ms() + delay.as_millis() as i64);
+                let msg = e.to_string();
+                warn!(system = %key.system, flight = %key.flight, error = %msg,
+                      retry_in = %humantime::format_duration(delay), "flight failed; the other flights go on");
+                rec.last_error = Some(msg.clone());
+                out.error = Some(format!("{key}: {msg}"));
+            }
+        }
+        if let Err(e) = self.store.put_flight(&rec).await {
+            out.error.get_or_insert_with(|| format!("{key}: {e}"));
+        }
+        out
+    }
+
+    async fn step(
+        &self,
+        step: &Step,
+        fp: &FlightPlan,
+        rec: &mut FlightRecord,
+        uploads: &Arc<Semaphore>,
+        out: &mut FlightOutcome,
+    ) -> Result<(), StepError> {
+        match step {
+            Step::EnsureProject { .. } => {
+                if let Some(created) = self.ensure_project(fp, rec).await? {
+                    out.created_project = Some(created);
+                }
+            }
+            Step::EnsureTask => {
+                out.tasks_created += self.ensure_task(rec).await? as usize;
+            }
+            Step::Upload { images, .. } => {
+                let (n, bytes) = self.upload_all(rec, images, uploads).await?;
+                out.images_uploaded += n;
+                out.bytes_uploaded += bytes;
+            }
+            Step::Commit => out.committed = self.commit(fp, rec).await?,
+            Step::WarnChangedAfterCommit => {
+                warn!(system = %rec.key.system, flight = %rec.key.flight,
+                      "images changed on Tapis after the task was committed; WebODM keeps the committed set");
+                rec.change_warned = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the flight's project (exact name + key tag) or creates it.
+    async fn ensure_project(
+        &self,
+        fp: &FlightPlan,
+        rec: &mut FlightRecord,
+    ) -> Result<Option<CreatedProject>, StepError> {
+        let key = rec.key.clone();
+        let name = naming::project_name(&key);
+        let tag = naming::key_tag(&key);
+        let found = self
+            .webodm
+            .find_projects(&name)
+            .await
+            .map_err(api("looking up the project"))?;
+        if let Some(p) = pick_project(found, &tag) {
+            info!(system = %key.system, flight = %key.flight, project = p.id, "adopted existing project");
+            self.adopt_project(rec, p.id, p.name).await?;
+            rec.verify_uploads = true;
+            self.store.close_intent(&key, IntentKind::CreateProject).await?;
+            return Ok(None);
+        }
+        let new = NewProject {
+            name,
+            description: naming::description(
+                &key,
+                &fp.flight.images_path,
+                fp.flight.images.len() as u64,
+                &crate::state::rfc3339(rec.first_seen_ms),
+            ),
+            tags: naming::tags(&key),
+        };
+        self.store.open_intent(&key, IntentKind::CreateProject).await?;
+        let p = self
+            .webodm
+            .create_project(&new)
+            .await
+            .map_err(api("creating the project"))?;
+        info!(system = %key.system, flight = %key.flight, project = p.id, name = %p.name, "created project");
+        self.adopt_project(rec, p.id, p.name.clone()).await?;
+        self.store.close_intent(&key, IntentKind::CreateProject).await?;
+        Ok(Some(CreatedProject {
+            project_id: p.id,
+            project_name: p.name,
+            flight_name: key.flight.clone(),
+            system_id: key.system.clone(),
+            image_count: fp.flight.images.len() as u64,
+        }))
+    }
+
+    async fn adopt_project(
+        &self,
+        rec: &mut FlightRecord,
+        id: i64,
+        name: String,
+    ) -> Result<(), StepError> {
+        rec.project_id = Some(id);
+        rec.project_name = Some(name);
+        rec.task_id = None;
+        rec.phase = Phase::ProjectCreated;
+        self.store.put_flight(rec).await?;
+        Ok(())
+    }
+
+    /// Finds the flight's task (when the project was adopted or a create may have happened)
+    /// or creates it; returns whether it created one.
+    async fn ensure_task(&self, rec: &mut FlightRecord) -> Result<bool, StepError> {
+        let key = rec.key.clone();
+        let project = rec.project_id.expect("EnsureTask follows EnsureProject");
+        if rec.verify_uploads || self.store.has_intent(&key, IntentKind::CreateTask)? {
+            let tasks = self.webodm.list_tasks(project).await.map_err(|e| {
+                if e.is_not_found() {
+                    StepError::Deleted(format!("project {project}"))
+                } else {
+                    api("looking up the task")(e)
+                }
+            })?;
+            if let Some(t) = pick_task(tasks, &naming::key_tag(&key), &naming::task_name(&key)) {
+                info!(system = %key.system, flight = %key.flight, task = %t.id, partial = t.partial, "adopted existing task");
+                rec.task_id = Some(t.id);
+                rec.verify_uploads = true;
+                rec.phase = if t.partial {
+                    Phase::TaskCreated
+                } else {
+                    rec.committed_listing = Some(rec.listing);
+                    Phase::Committed
+                };
+                self.store.put_flight(rec).await?;
+                self.store.close_intent(&key, IntentKind::CreateTask).await?;
+                return Ok(false);
+            }
+        }
+        let new = NewTask {
+            name: naming::task_name(&key),
+            options: self.config.webodm.task_options.clone(),
+            tags: naming::tags(&key),
+        };
+        self.store.open_intent(&key, IntentKind::CreateTask).await?;
+        let t = self.webodm.create_task(project, &new).await.map_err(|e| {
+            if e.is_not_found() {
+                StepError::Deleted(format!("project {project}"))
+            } else {
+                api("creating the task")(e)
+            }
+        })?;
+        info!(system = %key.system, flight = %key.flight, task = %t.id, "created task");
+        self.store.clear_images(&key)?;
+        rec.task_id = Some(t.id);
+        rec.images_uploaded = 0;
+        rec.phase = Phase::TaskCreated;
+        self.store.put_flight(rec).await?;
+        self.store.close_intent(&key, IntentKind::CreateTask).await?;
+        Ok(true)
+    }
+
+    /// Streams the images into the task, up to `max_concurrent_uploads` at once across all
+    /// flights; returns the images and bytes WebODM confirmed.
+    async fn upload_all(
+        &self,
+        rec: &mut FlightRecord,
+        images: &[Image],
+        uploads: &Arc<Semaphore>,
+    ) -> Result<(u64, u64), StepError> {
+        if rec.phase == Phase::Committed {
+            // An adopted task turned out to be committed already: nothing can be added.
+            return Ok((0, 0));
+        }
+        let key = rec.key.clone();
+        let project = rec.project_id.expect("Upload follows EnsureProject");
+        let task = rec.task_id.clone().expect("Upload follows EnsureTask");
+        rec.phase = Phase::Uploading;
+        let verify = rec.verify_uploads;
+        let results: Vec<Result<Option<u64>, StepError>> = stream::iter(images)
+            .map(|img| {
+                let task = task.as_str();
+                let key = &key;
+                async move {
+                    let _permit = uploads.acquire().await.expect("semaphore never closed");
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return Ok(None);
+                    }
+                    self.transfer(key, project, task, img, verify).await
+                }
+            })
+            .buffer_unordered(self.config.webodm.max_concurrent_uploads)
+            .collect()
+            .await;
+        let (mut n, mut bytes, mut failed, mut first) = (0, 0, 0, None);
+        for r in results {
+            match r {
+                Ok(Some(b)) => {
+                    n += 1;
+                    bytes += b;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failed += 1;
+                    first.get_or_insert(e.to_string());
+                }
+            }
+        }
+        match first {
+            None => Ok((n, bytes)),
+            Some(first) => Err(StepError::Images {
+                failed,
+                total: images.len(),
+                first,
+            }),
+        }
+    }
+
+    /// Copies one image Tapis → WebODM with retries (each attempt re-opens the download);
+    /// returns the bytes uploaded, or `None` when WebODM already held it.
+    async fn transfer(
+        &self,
+        key: &FlightKey,
+        project: i64,
+        task: &str,
+        img: &Image,
+        verify: bool,
+    ) -> Result<Option<u64>, StepError> {
+        let record = UploadedImage {
+            size: img.size,
+            last_modified: img.last_modified.clone(),
+        };
+        if verify {
+            let has = self
+                .webodm
+                .has_image(project, task, &img.name)
+                .await
+                .map_err(api(format!("checking image {}", img.name)))?;
+            if has {
+                debug!(system = %key.system, flight = %key.flight, image = %img.name, "WebODM already holds this image");
+                self.store.mark_uploaded(key, &img.name, &record).await?;
+                return Ok(None);
+            }
+        }
+        let attempt = || async {
+            let body = self.tapis.download(&key.system, &img.path).await?;
+            let body = crate::tapis::verify_length(body, img.size, img.path.clone());
+            let body = match &self.progress {
+                Some(bar) => {
+                    let bar = bar.clone();
+                    Box::pin(body.inspect(move |c| {
+                        if let Ok(c) = c {
+                            bar.inc(c.len() as u64)
+                        }
+                    }))
+                }
+                None => body,
+            };
+            self.webodm
+                .upload_image(project, task, &img.name, body, img.size)
+                .await
+        };
+        let stored = attempt
+            .retry(crate::http::backoff(&self.config.retry))
+            .when(ApiError::is_retryable)
+            .notify(|e, wait| {
+                debug!(system = %key.system, flight = %key.flight, image = %img.name,
+                       error = %e, wait = ?wait, "retrying image")
+            })
+            .await
+            .map_err(api(format!("uploading image {}", img.name)))?;
+        if stored != img.size {
+            return Err(StepError::SizeMismatch {
+                name: img.name.clone(),
+                stored,
+                listed: img.size,
+            });
+        }
+        self.store.mark_uploaded(key, &img.name, &record).await?;
+        Ok(Some(stored))
+    }
+
+    /// How many of the listed images WebODM confirmed in their listed version.
+    fn count_uploaded(&self, rec: &FlightRecord, listed: &[Image]) -> Result<u64, StepError> {
+        let done = self.store.uploaded_images(&rec.key)?;
+        Ok(listed
+            .iter()
+            .filter(|i| done.get(&i.name).is_some_and(|u| u.size == i.size && u.last_modified == i.last_modified))
+            .count() as u64)
+    }
+
+    /// Commits the task once every listed image is confirmed; returns whether this call
+    /// committed it.
+    async fn commit(&self, fp: &FlightPlan, rec: &mut FlightRecord) -> Result<bool, StepError> {
+        if rec.phase == Phase::Committed {
+            return Ok(false);
+        }
+        rec.images_uploaded = self.count_uploaded(rec, &fp.flight.images)?;
+        if rec.images_uploaded < rec.images_total {
+            return Ok(false);
+        }
+        let key = rec.key.clone();
+        let project = rec.project_id.expect("Commit follows EnsureProject");
+        let task = rec.task_id.clone().expect("Commit follows EnsureTask");
+        let already = if self.store.has_intent(&key, IntentKind::Commit)? {
+            !self.get_task(project, &task).await?.partial
+        } else {
+            false
+        };
+        if !already {
+            self.store.open_intent(&key, IntentKind::Commit).await?;
+            if let Err(e) = self.webodm.commit_task(project, &task).await {
+                // The commit may have happened: only the task's state can tell.
+                if self.get_task(project, &task).await?.partial {
+                    return Err(api("committing the task")(e));
+                }
+            }
+        }
+        info!(system = %key.system, flight = %key.flight, task = %task, images = rec.images_total, "committed task for processing");
+        rec.phase = Phase::Committed;
+        rec.committed_listing = Some(rec.listing);
+        rec.change_warned = false;
+        self.store.put_flight(rec).await?;
+        self.store.close_intent(&key, IntentKind::Commit).await?;
+        Ok(!already)
+    }
+
+    async fn get_task(&self, project: i64, task: &str) -> Result<Task, StepError> {
+        self.webodm.get_task(project, task).await.map_err(|e| {
+            if e.is_not_found() {
+                StepError::Deleted(format!("task {task}"))
+            } else {
+                api("reading the task")(e)
+            }
+        })
+    }
+}
+
+/// The daemon's project among those with the exact name: it carries the key tag; the oldest
+/// wins if an earlier bug made several.
+fn pick_project(found: Vec<Project>, tag: &str) -> Option<Project> {
+    found
+        .into_iter()
+        .filter(|p| p.tags.iter().any(|t| t == tag))
+        .min_by_key(|p| p.id)
+}
+
+/// The daemon's task in a project: the key tag (or, for tasks made before tags were read back,
+/// the exact task name); a partial one is preferred since it can still take images.
+fn pick_task(tasks: Vec<Task>, tag: &str, name: &str) -> Option<Task> {
+    let mut ours: BTreeMap<(bool, String), Task> = BTreeMap::new();
+    for t in tasks {
+        if t.tags.iter().any(|x| x == tag) || t.name.as_deref() == Some(name) {
+            ours.insert((!t.partial, t.id.clone()), t);
+        }
+    }
+    ours.into_values().next()
+}

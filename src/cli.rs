@@ -1,0 +1,509 @@
+//! What each command does and prints; `main.rs` only parses and dispatches here.
+//!
+//! Every function returns the process exit code: 0 ok, 1 a pass finished with errors (or a
+//! check failed), 75 the state dir is locked, 78 the config is unusable.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use indicatif::HumanBytes;
+use serde::Serialize;
+
+use crate::config::{self, Config, ConfigError};
+use crate::daemon::{self, Clients, PassOptions, PassReport};
+use crate::discover::{self, Scope};
+use crate::plan::Step;
+use crate::state::{FlightKey, StateError, Store};
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the pass or check finished with errors.
+pub const EXIT_ERRORS: u8 = 1;
+/// Exit code: the state dir is locked by another process (EX_TEMPFAIL).
+pub const EXIT_LOCKED: u8 = 75;
+/// Exit code: the config is unusable (EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Loads the config and starts logging; prints the problem and returns 78 when it can't.
+fn load(flag: Option<PathBuf>) -> Result<(PathBuf, Config), u8> {
+    let path = config::locate(flag.as_deref());
+    match Config::load(&path) {
+        Ok(c) => {
+            crate::telemetry::init(c.log.format, &c.log.level);
+            Ok((path, c))
+        }
+        Err(e @ ConfigError::Read { .. }) => {
+            eprintln!(
+                "error: {e}\nhint: pass --config PATH or set {}; config/example.toml documents every key",
+                config::PATH_ENV
+            );
+            Err(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(EXIT_CONFIG)
+        }
+    }
+}
+
+fn clients(config: &Config) -> Result<Clients, u8> {
+    Clients::new(config).map_err(|e| {
+        eprintln!("error: {e}");
+        EXIT_CONFIG
+    })
+}
+
+fn open_store(dir: &Path) -> Result<Store, u8> {
+    Store::open(dir).map_err(|e| {
+        eprintln!("error: {e}");
+        match e {
+            StateError::Locked { .. } => EXIT_LOCKED,
+            _ => EXIT_ERRORS,
+        }
+    })
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("plain data serializes")
+    );
+}
+
+/// `run`: the daemon.
+pub async fn run(flag: Option<PathBuf>) -> u8 {
+    let (path, config) = match load(flag) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    match daemon::run(path, config).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                daemon::RunError::State(StateError::Locked { .. }) => EXIT_LOCKED,
+                daemon::RunError::Client(_) => EXIT_CONFIG,
+                _ => EXIT_ERRORS,
+            }
+        }
+    }
+}
+
+/// `once` and `plan`: one pass (or only its plan).
+pub async fn once(flag: Option<PathBuf>, dry_run: bool, systems: Vec<String>, json: bool) -> u8 {
+    let (_, config) = match load(flag) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let clients = match clients(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // A dry run on a state dir that does not exist yet plans from an empty store and creates
+    // nothing on disk.
+    let store = if dry_run && !config.sync.state_dir.join("db").exists() {
+        None
+    } else {
+        match open_store(&config.sync.state_dir) {
+            Ok(s) => Some(s),
+            Err(code) => return code,
+        }
+    };
+    let opts = PassOptions {
+        dry_run,
+        only_systems: systems,
+    };
+    let report = daemon::pass(
+        &config,
+        &clients,
+        store.as_ref(),
+        &opts,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    match (json, dry_run) {
+        (true, true) => print_json(&report),
+        (true, false) => print_json(&report.summary),
+        (false, true) => print_plan(&report),
+        (false, false) => print_summary(&report),
+    }
+    if report.summary.errors.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_ERRORS
+    }
+}
+
+/// Describes a step for people.
+fn describe(step: &Step) -> String {
+    match step {
+        Step::EnsureProject { name } => format!("create project {name:?}"),
+        Step::EnsureTask => "create task".into(),
+        Step::Upload { count, bytes, .. } => format!("upload {count} images ({})", HumanBytes(*bytes)),
+        Step::Commit => "commit".into(),
+        Step::WarnChangedAfterCommit => "warn: images changed after commit".into(),
+    }
+}
+
+fn print_plan(report: &PassReport) {
+    let plan = &report.plan;
+    let (images, bytes) = plan.uploads();
+    println!(
+        "Plan: {} projects, {} tasks, {} images ({}) to upload, {} commits — {} systems, {} flights on Tapis",
+        plan.projects(),
+        plan.tasks(),
+        images,
+        HumanBytes(bytes),
+        plan.commits(),
+        report.summary.systems_scanned,
+        report.summary.flights_discovered,
+    );
+    for f in plan.flights.iter().filter(|f| !f.steps.is_empty()) {
+        let steps: Vec<_> = f.steps.iter().map(describe).collect();
+        println!("  {} / {}: {}", f.system_id, f.flight_name, steps.join(", "));
+    }
+    for w in &plan.waiting {
+        println!("  {} / {}: waiting: {}", w.system_id, w.flight_name, w.reason);
+    }
+    for k in &plan.vanished {
+        println!("  {} / {}: folder gone from Tapis (project kept)", k.system, k.flight);
+    }
+    print_errors(&report.summary.errors);
+}
+
+fn print_errors(errors: &[String]) {
+    if !errors.is_empty() {
+        println!("Errors ({}):", errors.len());
+        for e in errors {
+            println!("  {e}");
+        }
+    }
+}
+
+fn print_summary(report: &PassReport) {
+    let s = &report.summary;
+    println!(
+        "Pass: {} systems, {} flights; created {} projects and {} tasks; uploaded {} images ({}); committed {} tasks; {} errors; {:.1} s",
+        s.systems_scanned,
+        s.flights_discovered,
+        s.projects_created,
+        s.tasks_created,
+        s.images_uploaded,
+        HumanBytes(s.bytes_uploaded),
+        s.tasks_committed,
+        s.errors.len(),
+        s.duration_ms as f64 / 1000.0
+    );
+    for p in &s.created_projects {
+        println!(
+            "  created project {} {:?} for {} / {} ({} images)",
+            p.project_id, p.project_name, p.system_id, p.flight_name, p.image_count
+        );
+    }
+    print_errors(&s.errors);
+}
+
+/// One row of `status`.
+#[derive(Debug, Serialize)]
+pub struct StatusRow {
+    /// Tapis system.
+    pub system_id: String,
+    /// Flight folder.
+    pub flight_name: String,
+    /// Phase (`vanished` while the folder is gone).
+    pub phase: String,
+    /// Images WebODM confirmed.
+    pub images_uploaded: u64,
+    /// Images listed.
+    pub images_total: u64,
+    /// WebODM project.
+    pub project_id: Option<i64>,
+    /// WebODM task.
+    pub task_id: Option<String>,
+    /// Last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Next attempt after a failure (RFC 3339).
+    pub next_attempt_at: Option<String>,
+}
+
+/// `status`: every flight in the store.
+pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
+    let (_, config) = match load(flag) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let store = match open_store(&config.sync.state_dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let records = match store.flights() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_ERRORS;
+        }
+    };
+    let rows: Vec<StatusRow> = records
+        .into_iter()
+        .map(|r| StatusRow {
+            system_id: r.key.system.clone(),
+            flight_name: r.key.flight.clone(),
+            phase: r.shown_phase().to_string(),
+            images_uploaded: r.images_uploaded,
+            images_total: r.images_total,
+            project_id: r.project_id,
+            task_id: r.task_id.clone(),
+            last_error: r.last_error.clone(),
+            next_attempt_at: r.next_attempt_ms.map(crate::state::rfc3339),
+        })
+        .collect();
+    if json {
+        print_json(&rows);
+        return EXIT_OK;
+    }
+    println!(
+        "{:<28} {:<24} {:<18} {:>11} {:>8} {:<36} LAST ERROR",
+        "SYSTEM", "FLIGHT", "PHASE", "IMAGES", "PROJECT", "TASK"
+    );
+    for r in &rows {
+        println!(
+            "{:<28} {:<24} {:<18} {:>11} {:>8} {:<36} {}",
+            r.system_id,
+            r.flight_name,
+            r.phase,
+            format!("{}/{}", r.images_uploaded, r.images_total),
+            r.project_id.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.task_id.as_deref().unwrap_or("-"),
+            r.last_error.as_deref().unwrap_or("")
+        );
+    }
+    if rows.is_empty() {
+        println!("(no flights recorded yet: run `tapis-webodm-sync once`)");
+    }
+    EXIT_OK
+}
+
+/// One row of `systems`.
+#[derive(Debug, Serialize)]
+pub struct SystemRow {
+    /// System id.
+    pub id: String,
+    /// Enabled on Tapis.
+    pub enabled: bool,
+    /// Owner on Tapis.
+    pub owner: Option<String>,
+    /// Host.
+    pub host: Option<String>,
+    /// Whether its flights are synced.
+    pub scanned: bool,
+    /// Why not, when not.
+    pub skipped_because: Option<String>,
+}
+
+/// `systems`: matching systems on Tapis.
+pub async fn systems(flag: Option<PathBuf>, json: bool) -> u8 {
+    let (_, config) = match load(flag) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let clients = match clients(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let scope = Scope::new(&config.tapis, &config.layout, &[]);
+    let listed = match discover::systems(&clients.tapis, &scope).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: listing Tapis systems failed: {e}");
+            return EXIT_ERRORS;
+        }
+    };
+    let rows: Vec<SystemRow> = listed
+        .into_iter()
+        .map(|(s, why)| SystemRow {
+            id: s.id,
+            enabled: s.enabled,
+            owner: s.owner,
+            host: s.host,
+            scanned: why.is_none(),
+            skipped_because: why.map(str::to_string),
+        })
+        .collect();
+    if json {
+        print_json(&rows);
+    } else {
+        println!("{:<40} {:<8} {:<16} SYNCED", "SYSTEM", "ENABLED", "OWNER");
+        for r in &rows {
+            println!(
+                "{:<40} {:<8} {:<16} {}",
+                r.id,
+                r.enabled,
+                r.owner.as_deref().unwrap_or("-"),
+                r.skipped_because
+                    .as_deref()
+                    .map(|w| format!("no ({w})"))
+                    .unwrap_or_else(|| "yes".into())
+            );
+        }
+    }
+    EXIT_OK
+}
+
+/// One row of `flights`.
+#[derive(Debug, Serialize)]
+pub struct FlightRow {
+    /// System id.
+    pub system_id: String,
+    /// Flight folder.
+    pub flight_name: String,
+    /// `<Flight>/<images_dir>`.
+    pub images_path: String,
+    /// Images.
+    pub image_count: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// `flights`: flights on Tapis now.
+pub async fn flights(flag: Option<PathBuf>, systems: Vec<String>, json: bool) -> u8 {
+    let (_, config) = match load(flag) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let clients = match clients(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let scope = Scope::new(&config.tapis, &config.layout, &systems);
+    let desired = match discover::discover(&clients.tapis, &scope).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: listing Tapis systems failed: {e}");
+            return EXIT_ERRORS;
+        }
+    };
+    let rows: Vec<FlightRow> = desired
+        .flights
+        .iter()
+        .map(|f| FlightRow {
+            system_id: f.key.system.clone(),
+            flight_name: f.key.flight.clone(),
+            images_path: f.images_path.clone(),
+            image_count: f.images.len(),
+            bytes: f.fingerprint().bytes,
+        })
+        .collect();
+    if json {
+        print_json(&rows);
+    } else {
+        println!("{:<40} {:<32} {:>7} {:>10}", "SYSTEM", "FLIGHT", "IMAGES", "SIZE");
+        for r in &rows {
+            println!(
+                "{:<40} {:<32} {:>7} {:>10}",
+                r.system_id,
+                r.flight_name,
+                r.image_count,
+                HumanBytes(r.bytes).to_string()
+            );
+        }
+        print_errors(&desired.errors);
+    }
+    if desired.errors.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_ERRORS
+    }
+}
+
+/// `forget`: drop a flight's record.
+pub async fn forget(flag: Option<PathBuf>, system: String, flight: String) -> u8 {
+    let (_, config) = match load(flag) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let store = match open_store(&config.sync.state_dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let key = FlightKey::new(system, flight);
+    match store.forget(&key).await {
+        Ok(true) => {
+            println!("forgot {key}; the next pass treats it as new (an existing WebODM project is adopted)");
+            EXIT_OK
+        }
+        Ok(false) => {
+            eprintln!("error: no flight {key} in the store; `tapis-webodm-sync status` lists them");
+            EXIT_ERRORS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_ERRORS
+        }
+    }
+}
+
+/// `check-config`: validate, log in to both services, print the effective config.
+pub async fn check_config(flag: Option<PathBuf>) -> u8 {
+    let (path, config) = match load(flag) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let clients = match clients(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("# {} is valid; effective config (secrets redacted):", path.display());
+    println!("{}", toml::to_string(&config).expect("config serializes"));
+    let mut code = EXIT_OK;
+    match clients.tapis.login().await {
+        Ok(()) => println!("Tapis login: ok ({})", config.tapis.base_url),
+        Err(e) => {
+            println!("Tapis login: FAILED: {e}");
+            code = EXIT_ERRORS;
+        }
+    }
+    match clients.webodm.login().await {
+        Ok(()) => println!("WebODM login: ok ({})", config.webodm.base_url),
+        Err(e) => {
+            println!("WebODM login: FAILED: {e}");
+            code = EXIT_ERRORS;
+        }
+    }
+    code
+}
+
+/// `demo`: simulator + passes + report.
+pub async fn demo(json: bool) -> u8 {
+    crate::telemetry::init(Default::default(), "warn");
+    match crate::demo::run().await {
+        Ok(result) => {
+            if json {
+                print_json(&result);
+            } else {
+                crate::demo::print(&result);
+            }
+            if result.is_converged() {
+                EXIT_OK
+            } else {
+                EXIT_ERRORS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: demo failed: {e}");
+            EXIT_ERRORS
+        }
+    }
+}
+
+/// `sim`: only the simulator.
+pub async fn sim(args: crate::sim::SimArgs) -> u8 {
+    crate::telemetry::init(Default::default(), "info");
+    match crate::sim::serve_cli(args).await {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_ERRORS
+        }
+    }
+}

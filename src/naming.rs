@@ -1,0 +1,123 @@
+//! What a flight is called in WebODM: project name, description, tags and task name.
+//!
+//! The hidden key tag `.tws-<16 hex of sha256("<system>/<flight>")>`, not the name, identifies
+//! the daemon's own projects and tasks; names follow what WebODM stores (outer whitespace
+//! trimmed, at most 255 characters).
+
+use sha2::{Digest, Sha256};
+
+use crate::state::FlightKey;
+
+/// Longest project or task name WebODM accepts, in characters.
+pub const MAX_NAME_CHARS: usize = 255;
+
+/// The hidden tag that marks this flight's project and task.
+pub fn key_tag(key: &FlightKey) -> String {
+    let digest = Sha256::digest(format!("{}/{}", key.system, key.flight).as_bytes());
+    format!(".tws-{}", &hex::encode(digest)[..16])
+}
+
+/// `<Flight> (<SystemID>)` as WebODM stores it: trimmed, and cut to 255 characters by
+/// shortening the flight part with `…` so the ` (<SystemID>)` tail stays.
+pub fn project_name(key: &FlightKey) -> String {
+    fit(key.flight.trim(), &format!(" ({})", key.system))
+}
+
+/// `Flight <Flight>`, trimmed and cut like the project name.
+pub fn task_name(key: &FlightKey) -> String {
+    let name = format!("Flight {}", key.flight.trim());
+    fit(&name, "")
+}
+
+/// Tags of the project and the task: `tapis`, `flight`, the system id, the flight name
+/// (whitespace → `_`), and the hidden key tag.
+pub fn tags(key: &FlightKey) -> Vec<String> {
+    let flight_tag: String = key
+        .flight
+        .trim()
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect();
+    let mut tags = vec!["tapis".to_string(), "flight".to_string()];
+    for t in [key.system.replace(char::is_whitespace, "_"), flight_tag] {
+        if !t.is_empty() && !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    tags.push(key_tag(key));
+    tags
+}
+
+/// The project description, with the same facts as the original integration.
+pub fn description(
+    key: &FlightKey,
+    images_path: &str,
+    image_count: u64,
+    discovered: &str,
+) -> String {
+    format!(
+        "Auto-created from Tapis system {}\nFlight: {}\nImages path: {}\nImage count: {}\nDiscovered: {}",
+        key.system, key.flight, images_path, image_count, discovered
+    )
+}
+
+/// `head` + `tail`, trimmed, with `head` cut (ending in `…`) so the whole fits in 255 chars.
+fn fit(head: &str, tail: &str) -> String {
+    let room = MAX_NAME_CHARS.saturating_sub(tail.chars().count());
+    let name = if head.chars().count() <= room {
+        format!("{head}{tail}")
+    } else {
+        let cut: String = head.chars().take(room.saturating_sub(1)).collect();
+        format!("{}…{tail}", cut.trim_end())
+    };
+    name.trim().chars().take(MAX_NAME_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_tags_follow_the_design() {
+        let key = FlightKey::new("ptdatax.project.alpha", "Vuelo Año 2");
+        assert_eq!(project_name(&key), "Vuelo Año 2 (ptdatax.project.alpha)");
+        assert_eq!(task_name(&key), "Flight Vuelo Año 2");
+        let tags = tags(&key);
+        assert_eq!(
+            &tags[..4],
+            ["tapis", "flight", "ptdatax.project.alpha", "Vuelo_Año_2"]
+        );
+        assert_eq!(tags[4], key_tag(&key));
+        assert!(tags.iter().all(|t| !t.contains(' ')));
+    }
+
+    #[test]
+    fn key_tag_is_sha256_prefix() {
+        // `printf 's/f' | sha256sum | cut -c1-16`
+        assert_eq!(key_tag(&FlightKey::new("s", "f")), ".tws-11c1593c6ab01204");
+    }
+
+    #[test]
+    fn long_names_keep_the_system_tail() {
+        let key = FlightKey::new("ptdatax.project.alpha", "é".repeat(400));
+        let name = project_name(&key);
+        assert_eq!(name.chars().count(), MAX_NAME_CHARS);
+        assert!(name.ends_with("… (ptdatax.project.alpha)"), "{name}");
+        assert_eq!(task_name(&key).chars().count(), MAX_NAME_CHARS);
+    }
+
+    #[test]
+    fn outer_whitespace_is_trimmed_like_webodm() {
+        let key = FlightKey::new("ptdatax.project.a", "  F1 ");
+        assert_eq!(project_name(&key), "F1 (ptdatax.project.a)");
+    }
+
+    #[test]
+    fn description_lines() {
+        let key = FlightKey::new("ptdatax.project.a", "F1");
+        assert_eq!(
+            description(&key, "F1/code/images", 3, "2026-01-01T00:00:00Z"),
+            "Auto-created from Tapis system ptdatax.project.a\nFlight: F1\nImages path: F1/code/images\nImage count: 3\nDiscovered: 2026-01-01T00:00:00Z"
+        );
+    }
+}

@@ -1,0 +1,555 @@
+//! The observed state: what the daemon created in WebODM, kept in an embedded sled store.
+//!
+//! Trees: `flights` (one [`FlightRecord`] per flight), `images` (one [`UploadedImage`] per image
+//! WebODM confirmed), `intents` (creates that may have happened) and `meta` (schema version).
+//! Every record that must survive a crash is flushed before the call that depends on it returns.
+//! One process owns a state dir at a time: [`Store::open`] takes an exclusive lock on
+//! `<state_dir>/lock` and names the holder's pid when it is taken.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the record layout; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What went wrong with the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Another process holds the state dir.
+    #[error("state dir {dir} is in use by another tapis-webodm-sync process{}; stop it first, or give this one its own `sync.state_dir`", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked {
+        /// The state dir.
+        dir: PathBuf,
+        /// The holder's pid, when it wrote one.
+        holder: Option<u32>,
+    },
+    /// The state dir cannot be created or opened.
+    #[error("cannot open state dir {dir}: {source}")]
+    Io {
+        /// The state dir.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// sled failed.
+    #[error("state store error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be decoded.
+    #[error("state record {key} is unreadable: {reason}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store was written by a newer version.
+    #[error("state dir {dir} has schema version {found}, newer than this binary's {SCHEMA_VERSION}; run the newer version or move the dir away")]
+    TooNew {
+        /// The state dir.
+        dir: PathBuf,
+        /// The version found.
+        found: u32,
+    },
+}
+
+/// Identity of a flight: the Tapis system and the flight folder name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FlightKey {
+    /// Tapis system id.
+    pub system: String,
+    /// Flight folder name.
+    pub flight: String,
+}
+
+impl FlightKey {
+    /// A key from its parts.
+    pub fn new(system: impl Into<String>, flight: impl Into<String>) -> Self {
+        FlightKey {
+            system: system.into(),
+            flight: flight.into(),
+        }
+    }
+    fn db_key(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.system.len() + self.flight.len() + 1);
+        k.extend_from_slice(self.system.as_bytes());
+        k.push(0);
+        k.extend_from_slice(self.flight.as_bytes());
+        k
+    }
+    fn image_prefix(&self) -> Vec<u8> {
+        let mut k = self.db_key();
+        k.push(0);
+        k
+    }
+}
+
+impl std::fmt::Display for FlightKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.system, self.flight)
+    }
+}
+
+/// Where a flight is in its life (see design.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Seen on Tapis, nothing created yet.
+    Discovered,
+    /// The project exists.
+    ProjectCreated,
+    /// The partial task exists.
+    TaskCreated,
+    /// Images are being uploaded.
+    Uploading,
+    /// The task was committed for processing.
+    Committed,
+    /// A person deleted the project or the committed task; nothing is recreated until `forget`.
+    DeletedInWebodm,
+}
+
+impl Phase {
+    /// The name shown in `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Discovered => "discovered",
+            Phase::ProjectCreated => "project_created",
+            Phase::TaskCreated => "task_created",
+            Phase::Uploading => "uploading",
+            Phase::Committed => "committed",
+            Phase::DeletedInWebodm => "deleted_in_webodm",
+        }
+    }
+}
+
+/// A flight's listing summary; a change means images are still arriving.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// Number of images.
+    pub count: u64,
+    /// Sum of their sizes.
+    pub bytes: u64,
+    /// Newest `lastModified` as unix milliseconds.
+    pub newest_ms: i64,
+}
+
+/// Everything the daemon knows about one flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlightRecord {
+    /// Which flight.
+    pub key: FlightKey,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// First time it was discovered (unix ms).
+    pub first_seen_ms: i64,
+    /// The WebODM project, once created or adopted.
+    #[serde(default)]
+    pub project_id: Option<i64>,
+    /// The project's name as WebODM stores it.
+    #[serde(default)]
+    pub project_name: Option<String>,
+    /// The WebODM task, once created or adopted.
+    #[serde(default)]
+    pub task_id: Option<String>,
+    /// True when the task was adopted rather than created: WebODM may already hold images
+    /// this store does not know about, so each is checked with `HEAD` before upload.
+    #[serde(default)]
+    pub verify_uploads: bool,
+    /// Images in the latest listing.
+    #[serde(default)]
+    pub images_total: u64,
+    /// Images WebODM confirmed.
+    #[serde(default)]
+    pub images_uploaded: u64,
+    /// The latest listing's summary.
+    #[serde(default)]
+    pub listing: Fingerprint,
+    /// When that summary was first seen (unix ms); the flight is settled `settle` after this.
+    #[serde(default)]
+    pub listing_since_ms: i64,
+    /// The listing at commit time, to notice changes after commit.
+    #[serde(default)]
+    pub committed_listing: Option<Fingerprint>,
+    /// When the flight folder was last found missing on Tapis (unix ms); cleared when it returns.
+    #[serde(default)]
+    pub vanished_ms: Option<i64>,
+    /// A change after commit was already reported.
+    #[serde(default)]
+    pub change_warned: bool,
+    /// The last error, shown in `status`.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Consecutive failed passes.
+    #[serde(default)]
+    pub failures: u32,
+    /// Do not try again before this time (unix ms).
+    #[serde(default)]
+    pub next_attempt_ms: Option<i64>,
+}
+
+impl FlightRecord {
+    /// A record for a flight seen for the first time.
+    pub fn new(key: FlightKey, now_ms: i64) -> Self {
+        FlightRecord {
+            key,
+            phase: Phase::Discovered,
+            first_seen_ms: now_ms,
+            project_id: None,
+            project_name: None,
+            task_id: None,
+            verify_uploads: false,
+            images_total: 0,
+            images_uploaded: 0,
+            listing: Fingerprint::default(),
+            listing_since_ms: now_ms,
+            committed_listing: None,
+            vanished_ms: None,
+            change_warned: false,
+            last_error: None,
+            failures: 0,
+            next_attempt_ms: None,
+        }
+    }
+
+    /// The phase as shown to people (`vanished` overrides while the folder is gone).
+    pub fn shown_phase(&self) -> &'static str {
+        if self.vanished_ms.is_some() {
+            "vanished"
+        } else {
+            self.phase.as_str()
+        }
+    }
+}
+
+/// An image WebODM confirmed holding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedImage {
+    /// Bytes WebODM reported, equal to the listing's size.
+    pub size: u64,
+    /// The listing's `lastModified` when uploaded.
+    pub last_modified: String,
+}
+
+/// A create that was started; until cleared, it may or may not have happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentKind {
+    /// `POST /api/projects/`.
+    CreateProject,
+    /// `POST /api/projects/{id}/tasks/`.
+    CreateTask,
+    /// `POST …/commit/`.
+    Commit,
+}
+
+/// An open intent, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// Which flight.
+    pub key: FlightKey,
+    /// Which create.
+    pub kind: IntentKind,
+    /// When it was written (unix ms).
+    pub started_ms: i64,
+}
+
+/// The sled store behind one state dir.
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    flights: sled::Tree,
+    images: sled::Tree,
+    intents: sled::Tree,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, taking the state dir's lock.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        let io = |source| StateError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = lock_dir(dir)?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(Some(500))
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema_version")? {
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StateError::Corrupt {
+                        key: "meta/schema_version".into(),
+                        reason: "not a 4-byte integer".into(),
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StateError::TooNew {
+                        dir: dir.to_path_buf(),
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            flights: db.open_tree("flights")?,
+            images: db.open_tree("images")?,
+            intents: db.open_tree("intents")?,
+            db,
+            _lock: lock,
+        })
+    }
+
+    /// The state dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every flight record, ordered by key.
+    pub fn flights(&self) -> Result<Vec<FlightRecord>, StateError> {
+        self.flights
+            .iter()
+            .values()
+            .map(|v| decode(&v?, "flights"))
+            .collect()
+    }
+
+    /// One flight's record.
+    pub fn flight(&self, key: &FlightKey) -> Result<Option<FlightRecord>, StateError> {
+        self.flights
+            .get(key.db_key())?
+            .map(|v| decode(&v, &key.to_string()))
+            .transpose()
+    }
+
+    /// Writes a flight record and flushes it to disk.
+    pub async fn put_flight(&self, rec: &FlightRecord) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(rec).expect("records serialize");
+        self.flights.insert(rec.key.db_key(), bytes)?;
+        self.flush().await
+    }
+
+    /// The images WebODM confirmed for a flight, by file name.
+    pub fn uploaded_images(
+        &self,
+        key: &FlightKey,
+    ) -> Result<BTreeMap<String, UploadedImage>, StateError> {
+        let prefix = key.image_prefix();
+        self.images
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                let rec = decode(&v, &format!("image {key}/{name}"))?;
+                Ok((name, rec))
+            })
+            .collect()
+    }
+
+    /// Records an image WebODM confirmed, and flushes.
+    pub async fn mark_uploaded(
+        &self,
+        key: &FlightKey,
+        name: &str,
+        image: &UploadedImage,
+    ) -> Result<(), StateError> {
+        let mut k = key.image_prefix();
+        k.extend_from_slice(name.as_bytes());
+        self.images
+            .insert(k, serde_json::to_vec(image).expect("records serialize"))?;
+        self.flush().await
+    }
+
+    /// Drops a flight's image records (its task is gone and will be recreated).
+    pub fn clear_images(&self, key: &FlightKey) -> Result<(), StateError> {
+        for k in self.images.scan_prefix(key.image_prefix()).keys() {
+            self.images.remove(k?)?;
+        }
+        Ok(())
+    }
+
+    /// Writes an intent and flushes it, before the create it announces.
+    pub async fn open_intent(&self, key: &FlightKey, kind: IntentKind) -> Result<(), StateError> {
+        let intent = Intent {
+            key: key.clone(),
+            kind,
+            started_ms: now_ms(),
+        };
+        self.intents.insert(
+            intent_key(key, kind),
+            serde_json::to_vec(&intent).expect("records serialize"),
+        )?;
+        self.flush().await
+    }
+
+    /// Clears an intent once the create's outcome is recorded.
+    pub async fn close_intent(&self, key: &FlightKey, kind: IntentKind) -> Result<(), StateError> {
+        self.intents.remove(intent_key(key, kind))?;
+        self.flush().await
+    }
+
+    /// Whether an intent is open for this flight and create.
+    pub fn has_intent(&self, key: &FlightKey, kind: IntentKind) -> Result<bool, StateError> {
+        Ok(self.intents.contains_key(intent_key(key, kind))?)
+    }
+
+    /// Every open intent.
+    pub fn intents(&self) -> Result<Vec<Intent>, StateError> {
+        self.intents
+            .iter()
+            .values()
+            .map(|v| decode(&v?, "intents"))
+            .collect()
+    }
+
+    /// Drops everything known about a flight; returns whether it was known.
+    pub async fn forget(&self, key: &FlightKey) -> Result<bool, StateError> {
+        let known = self.flights.remove(key.db_key())?.is_some();
+        self.clear_images(key)?;
+        for kind in [
+            IntentKind::CreateProject,
+            IntentKind::CreateTask,
+            IntentKind::Commit,
+        ] {
+            self.intents.remove(intent_key(key, kind))?;
+        }
+        self.flush().await?;
+        Ok(known)
+    }
+
+    /// Flushes everything written so far to disk.
+    pub async fn flush(&self) -> Result<(), StateError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn intent_key(key: &FlightKey, kind: IntentKind) -> Vec<u8> {
+    let mut k = key.image_prefix();
+    k.push(kind as u8);
+    k
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: &[u8], what: &str) -> Result<T, StateError> {
+    serde_json::from_slice(v).map_err(|e| StateError::Corrupt {
+        key: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Takes `<dir>/lock` exclusively and writes this process's pid into it.
+fn lock_dir(dir: &Path) -> Result<File, StateError> {
+    let path = dir.join("lock");
+    let io = |source| StateError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(io)?;
+            file.rewind().map_err(io)?;
+            writeln!(file, "{}", std::process::id()).map_err(io)?;
+            file.flush().map_err(io)?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            Err(StateError::Locked {
+                dir: dir.to_path_buf(),
+                holder: text.trim().parse().ok(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
+/// The current time as unix milliseconds.
+pub fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+/// A time as unix milliseconds.
+pub fn to_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, seconds).
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_survive_reopen_and_forget_drops_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = FlightKey::new("ptdatax.project.a", "Vuelo Año 2");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut rec = FlightRecord::new(key.clone(), 1000);
+            rec.project_id = Some(7);
+            store.put_flight(&rec).await.unwrap();
+            let img = UploadedImage {
+                size: 12,
+                last_modified: "2024-01-01T00:00:00Z".into(),
+            };
+            store.mark_uploaded(&key, "IMG 1.jpg", &img).await.unwrap();
+            store
+                .open_intent(&key, IntentKind::CreateTask)
+                .await
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let rec = store.flight(&key).unwrap().unwrap();
+        assert_eq!(rec.project_id, Some(7));
+        assert_eq!(
+            store.uploaded_images(&key).unwrap().keys().collect::<Vec<_>>(),
+            vec!["IMG 1.jpg"]
+        );
+        assert!(store.has_intent(&key, IntentKind::CreateTask).unwrap());
+        assert!(!store.has_intent(&key, IntentKind::Commit).unwrap());
+        // A flight whose name extends another's must not share its images.
+        let other = FlightKey::new("ptdatax.project.a", "Vuelo");
+        assert!(store.uploaded_images(&other).unwrap().is_empty());
+        assert!(store.forget(&key).await.unwrap());
+        assert!(store.flight(&key).unwrap().is_none());
+        assert!(store.uploaded_images(&key).unwrap().is_empty());
+        assert!(store.intents().unwrap().is_empty());
+    }
+
+    #[test]
+    fn second_open_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        match Store::open(dir.path()) {
+            Err(StateError::Locked { holder, .. }) => {
+                assert_eq!(holder, Some(std::process::id()))
+            }
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("second open succeeded"),
+        }
+    }
+}

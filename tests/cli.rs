@@ -1,0 +1,217 @@
+//! The real binary: exit codes, output formats, `demo`, `sim`, and the state dir lock.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use tapis_webodm_sync::sim::{DatasetSpec, Sim};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tapis-webodm-sync");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("TAPIS_WEBODM_SYNC_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn sim_with_config(dir: &Path) -> (Sim, String) {
+    let spec = DatasetSpec {
+        seed: 11,
+        systems: 2,
+        flights_per_system: 2,
+        images_per_flight: 4,
+        image_size: 2_000,
+        big_flight_images: None,
+        decoys: true,
+    };
+    let sim = Sim::start(&spec, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, sim.config_toml(&dir.join("state"))).unwrap();
+    (sim, path.to_string_lossy().into_owned())
+}
+
+#[test]
+fn demo_json_converges() {
+    let o = run(&["demo", "--json"]);
+    assert!(o.status.success(), "stderr: {}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("one JSON object on stdout");
+    let (e, w) = (&v["expected"], &v["webodm"]);
+    assert!(e["flights"].as_u64().unwrap() >= 8, "{e}");
+    assert_eq!(w["projects"], e["flights"]);
+    assert_eq!(w["tasks"], e["flights"]);
+    assert_eq!(w["committed_tasks"], e["flights"]);
+    assert_eq!(w["images"], e["images"]);
+    assert_eq!(w["bytes"], e["bytes"]);
+    assert_eq!(w["duplicate_projects"], 0);
+    assert_eq!(w["corrupt_images"], 0);
+    let passes = v["passes"].as_array().unwrap();
+    assert!(passes.len() >= 2 && passes.len() <= 10);
+    let last = passes.last().unwrap();
+    assert_eq!(last["projects_created"], 0);
+    assert_eq!(last["images_uploaded"], 0);
+    for key in [
+        "systems_scanned",
+        "flights_discovered",
+        "projects_created",
+        "errors",
+        "created_projects",
+        "tasks_created",
+        "images_uploaded",
+        "bytes_uploaded",
+        "tasks_committed",
+        "duration_ms",
+        "tapis_requests",
+        "webodm_requests",
+    ] {
+        assert!(passes[0].get(key).is_some(), "pass summary lacks {key}");
+    }
+    assert_eq!(
+        passes[0]["created_projects"].as_array().unwrap().len() as u64,
+        e["flights"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn bad_config_exits_78_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[tapis]\nbase_url = \"https://x.tapis.io\"\nusername = \"u\"\npassword = \"p\"\n\n[webodm]\nbase_url = \"http://127.0.0.1:8000\"\nusername = \"w\"\npassword = \"p\"\nrequests_per_second = \"fast\"\n",
+    )
+    .unwrap();
+    let o = run(&["--config", path.to_str().unwrap(), "check-config"]);
+    assert_eq!(o.status.code(), Some(78), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{}:10:", path.display())), "{err}");
+    assert!(err.contains("webodm.requests_per_second"), "{err}");
+    assert!(!err.contains("\"p\""), "no secret in the message: {err}");
+
+    let o = run(&["--config", "/nonexistent/config.toml", "once"]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(stderr(&o).contains("/nonexistent/config.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_status_plan_and_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, config) = sim_with_config(dir.path()).await;
+    let expected = sim.dataset().expected();
+
+    let plan = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || run(&["--config", &config, "plan"])
+    })
+    .await
+    .unwrap();
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    assert!(stdout(&plan).contains(&format!("Plan: {} projects", expected.flights)), "{}", stdout(&plan));
+
+    let once = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || run(&["--config", &config, "once", "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(once.status.success(), "{}", stderr(&once));
+    let v: Value = serde_json::from_slice(&once.stdout).unwrap();
+    assert_eq!(v["projects_created"].as_u64(), Some(expected.flights as u64));
+    assert_eq!(v["images_uploaded"].as_u64(), Some(expected.images as u64));
+    let secrets = ["tapis-secret", "webodm-secret", "sim-client-key"];
+    for s in secrets {
+        assert!(!stderr(&once).contains(s) && !stdout(&once).contains(s), "secret {s} leaked");
+    }
+
+    let status = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || run(&["--config", &config, "status", "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(status.status.success(), "{}", stderr(&status));
+    let rows: Vec<Value> = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(rows.len() as u64, expected.flights as u64);
+    assert!(rows.iter().all(|r| r["phase"] == "committed"));
+
+    // A second process on the same state dir is refused with 75, naming the holder.
+    let state = dir.path().join("state");
+    let store = tapis_webodm_sync::state::Store::open(&state).unwrap();
+    let locked = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || run(&["--config", &config, "once"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(locked.status.code(), Some(75), "{}", stderr(&locked));
+    assert!(
+        stderr(&locked).contains(&format!("pid {}", std::process::id())),
+        "{}",
+        stderr(&locked)
+    );
+    drop(store);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_prints_its_url_first_and_writes_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sim.toml");
+    let mut child = Command::new(BIN)
+        .args([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--systems",
+            "1",
+            "--flights",
+            "1",
+            "--images",
+            "2",
+            "--write-config",
+            cfg.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first.trim().strip_prefix("SIM ").expect("first line is `SIM <url>`");
+    assert!(url.starts_with("http://127.0.0.1:"), "{first}");
+    let written = std::fs::read_to_string(&cfg).unwrap();
+    assert!(written.contains(url), "{written}");
+    let report: Value = reqwest::get(format!("{url}/__sim/report"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(report["expected"]["flights"].as_u64().unwrap() >= 1);
+    let o = run(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    let _ = child.kill();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("Tapis login: ok"));
+    assert!(!stdout(&o).contains("tapis-secret"));
+}
+
+#[test]
+fn sim_rejects_fault_flags_until_they_exist() {
+    let o = run(&["sim", "--error-rate", "0.2"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -1,0 +1,280 @@
+//! End-to-end: the library's passes over real HTTP against the simulator.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tapis_webodm_sync::apply::PassSummary;
+use tapis_webodm_sync::config::Config;
+use tapis_webodm_sync::daemon::{self, Clients, PassOptions, PassReport};
+use tapis_webodm_sync::naming;
+use tapis_webodm_sync::sim::{DatasetSpec, Sim};
+use tapis_webodm_sync::state::{FlightKey, Store};
+
+struct Rig {
+    sim: Sim,
+    state: tempfile::TempDir,
+    config: Config,
+    clients: Clients,
+}
+
+impl Rig {
+    async fn new(spec: &DatasetSpec) -> Rig {
+        let sim = Sim::start(spec, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let config = tapis_webodm_sync::demo::config_for(&sim, state.path()).unwrap();
+        let clients = Clients::new(&config).unwrap();
+        Rig {
+            sim,
+            state,
+            config,
+            clients,
+        }
+    }
+
+    async fn pass_with(&self, opts: PassOptions, stopping: bool) -> PassReport {
+        let store = Store::open(&self.config.sync.state_dir).unwrap();
+        daemon::pass(
+            &self.config,
+            &self.clients,
+            Some(&store),
+            &opts,
+            Arc::new(AtomicBool::new(stopping)),
+        )
+        .await
+    }
+
+    async fn pass(&self) -> PassSummary {
+        self.pass_with(PassOptions::default(), false).await.summary
+    }
+
+    fn wipe_state(&self) {
+        std::fs::remove_dir_all(self.state.path()).unwrap();
+    }
+}
+
+fn small_spec() -> DatasetSpec {
+    DatasetSpec {
+        seed: 7,
+        systems: 2,
+        flights_per_system: 2,
+        images_per_flight: 6,
+        image_size: 3_000,
+        big_flight_images: None,
+        decoys: true,
+    }
+}
+
+fn assert_no_errors(s: &PassSummary) {
+    assert!(s.errors.is_empty(), "pass errors: {:#?}", s.errors);
+}
+
+/// Every expected flight has exactly one project, with the specified name, description and
+/// tags, holding exactly one committed task with exactly its images, byte for byte; nothing
+/// else exists in WebODM.
+fn assert_synced_exactly(sim: &Sim) {
+    let expected = sim.dataset().expected_flights();
+    let projects = sim.webodm_projects();
+    assert_eq!(
+        projects.len(),
+        expected.len(),
+        "one project per expected flight (decoys produce nothing)"
+    );
+    for flight in &expected {
+        let key = FlightKey::new(flight.system_id.clone(), flight.flight.clone());
+        let tag = naming::key_tag(&key);
+        let mine: Vec<_> = projects
+            .iter()
+            .filter(|p| p.tags.contains(&tag))
+            .collect();
+        assert_eq!(mine.len(), 1, "exactly one project for {key}");
+        let p = mine[0];
+        assert_eq!(p.name, format!("{} ({})", flight.flight.trim(), flight.system_id));
+        assert_eq!(p.tags, naming::tags(&key));
+        let lines: Vec<&str> = p.description.lines().collect();
+        assert_eq!(lines[0], format!("Auto-created from Tapis system {}", flight.system_id));
+        assert_eq!(lines[1], format!("Flight: {}", flight.flight));
+        assert_eq!(lines[2], format!("Images path: {}/code/images", flight.flight));
+        assert_eq!(lines[3], format!("Image count: {}", flight.images.len()));
+        assert!(lines[4].starts_with("Discovered: 20"), "{}", lines[4]);
+        assert_eq!(p.tasks.len(), 1, "exactly one task for {key}");
+        let t = &p.tasks[0];
+        assert!(!t.partial, "task of {key} committed");
+        assert_eq!(t.name, format!("Flight {}", flight.flight.trim()));
+        let want: BTreeMap<String, (u64, String)> = flight
+            .images
+            .iter()
+            .map(|i| (i.name.clone(), (i.size, i.sha256.clone())))
+            .collect();
+        assert_eq!(t.images, want, "images of {key} byte for byte");
+    }
+    assert_eq!(sim.stats().leaked_credentials, 0, "no credential sent to the wrong service");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_pass_syncs_everything_and_second_does_nothing() {
+    let rig = Rig::new(&small_spec()).await;
+    let first = rig.pass().await;
+    assert_no_errors(&first);
+    let expected = rig.sim.dataset().expected();
+    assert_eq!(first.flights_discovered as u64, expected.flights as u64);
+    assert_eq!(first.projects_created as u64, expected.flights as u64);
+    assert_eq!(first.tasks_committed as u64, expected.flights as u64);
+    assert_eq!(first.images_uploaded as u64, expected.images as u64);
+    assert_eq!(first.bytes_uploaded, expected.bytes as u64);
+    assert_eq!(first.created_projects.len(), first.projects_created);
+    assert_synced_exactly(&rig.sim);
+
+    let second = rig.pass().await;
+    assert_no_errors(&second);
+    assert_eq!(
+        (
+            second.projects_created,
+            second.tasks_created,
+            second.images_uploaded,
+            second.tasks_committed
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_synced_exactly(&rig.sim);
+    rig.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_past_100_systems_and_1000_images() {
+    let spec = DatasetSpec {
+        seed: 3,
+        systems: 105,
+        flights_per_system: 1,
+        images_per_flight: 2,
+        image_size: 200,
+        big_flight_images: Some(1_005),
+        decoys: false,
+    };
+    let rig = Rig::new(&spec).await;
+    let s = rig.pass().await;
+    assert_no_errors(&s);
+    assert!(s.systems_scanned >= 105, "{}", s.systems_scanned);
+    assert_synced_exactly(&rig.sim);
+    let big = rig
+        .sim
+        .webodm_projects()
+        .iter()
+        .flat_map(|p| p.tasks.iter())
+        .map(|t| t.images.len())
+        .max()
+        .unwrap();
+    assert!(big >= 1_005, "the big flight holds all its images: {big}");
+    rig.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_changes_nothing_and_predicts_the_pass() {
+    let rig = Rig::new(&small_spec()).await;
+    let dry = rig
+        .pass_with(
+            PassOptions {
+                dry_run: true,
+                only_systems: vec![],
+            },
+            false,
+        )
+        .await;
+    assert_no_errors(&dry.summary);
+    assert!(rig.sim.webodm_projects().is_empty(), "dry run created nothing");
+    assert_eq!(dry.summary.projects_created, 0);
+    let plan = &dry.plan;
+    let real = rig.pass().await;
+    assert_no_errors(&real);
+    assert_eq!(plan.projects(), real.projects_created);
+    assert_eq!(plan.tasks(), real.tasks_created);
+    assert_eq!(plan.uploads(), (real.images_uploaded as usize, real.bytes_uploaded));
+    assert_eq!(plan.commits(), real.tasks_committed);
+    // After the pass, a dry run plans nothing.
+    let after = rig
+        .pass_with(
+            PassOptions {
+                dry_run: true,
+                only_systems: vec![],
+            },
+            false,
+        )
+        .await;
+    assert!(after.plan.is_noop(), "{:?}", after.plan);
+    rig.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systems_filter_limits_the_pass() {
+    let rig = Rig::new(&small_spec()).await;
+    let expected = rig.sim.dataset().expected_flights();
+    let one = expected[0].system_id.clone();
+    let report = rig
+        .pass_with(
+            PassOptions {
+                dry_run: false,
+                only_systems: vec![one.clone()],
+            },
+            false,
+        )
+        .await;
+    assert_no_errors(&report.summary);
+    assert_eq!(report.summary.systems_scanned, 1);
+    let want = expected.iter().filter(|f| f.system_id == one).count();
+    assert_eq!(report.summary.projects_created, want);
+    assert!(report
+        .summary
+        .created_projects
+        .iter()
+        .all(|p| p.system_id == one));
+    rig.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsettled_flights_upload_but_wait_to_commit() {
+    let mut rig = Rig::new(&small_spec()).await;
+    rig.config.sync.settle = std::time::Duration::from_secs(3600);
+    let s = rig.pass().await;
+    assert_no_errors(&s);
+    assert_eq!(s.tasks_committed, 0);
+    assert_eq!(s.images_uploaded as u64, rig.sim.dataset().expected().images as u64);
+    assert!(rig
+        .sim
+        .webodm_projects()
+        .iter()
+        .all(|p| p.tasks.iter().all(|t| t.partial)));
+    rig.config.sync.settle = std::time::Duration::ZERO;
+    let s = rig.pass().await;
+    assert_eq!(s.images_uploaded, 0, "nothing uploaded twice");
+    assert_eq!(s.tasks_committed as u64, rig.sim.dataset().expected().flights as u64);
+    assert_synced_exactly(&rig.sim);
+    rig.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_state_adopts_instead_of_duplicating() {
+    let rig = Rig::new(&small_spec()).await;
+    // A pass stopped before any image: projects and tasks exist, nothing uploaded.
+    let stopped = rig.pass_with(PassOptions::default(), true).await.summary;
+    assert_no_errors(&stopped);
+    assert_eq!(stopped.images_uploaded, 0);
+    assert!(stopped.projects_created > 0);
+    rig.wipe_state();
+    let resumed = rig.pass().await;
+    assert_no_errors(&resumed);
+    assert_eq!(resumed.projects_created, 0, "projects adopted, not recreated");
+    assert_eq!(resumed.tasks_created, 0, "tasks adopted, not recreated");
+    assert_synced_exactly(&rig.sim);
+    // After a full sync, a wiped state re-uploads nothing.
+    rig.wipe_state();
+    let again = rig.pass().await;
+    assert_no_errors(&again);
+    assert_eq!(
+        (again.projects_created, again.tasks_created, again.images_uploaded),
+        (0, 0, 0)
+    );
+    assert_synced_exactly(&rig.sim);
+    rig.sim.shutdown().await;
+}
