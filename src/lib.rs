@@ -2,5 +2,6 @@
 
 pub mod config;
 pub mod http;
+pub mod sim;
 pub mod tapis;
 pub mod webodm;
