@@ -492,7 +492,8 @@ impl Service {
     }
 
     /// Runs an idempotent operation until it succeeds, fails for good, or the retry budget is
-    /// spent: exponential backoff with jitter, waiting at least what `Retry-After` asks.
+    /// spent: exponential backoff with jitter, waiting at least what `Retry-After` asks (and
+    /// giving up at once when it asks for more than `max_elapsed`).
     pub(crate) async fn retry<T, F, Fut>(&self, op: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,

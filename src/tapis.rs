@@ -263,7 +263,7 @@ impl TapisClient {
     }
 
     /// Sends an authenticated request; on an expired (401) or revoked (500) token, gets a new
-    /// one and sends it once more.
+    /// one and sends it once more. Any other 401 drops the token so the next call logs in.
     async fn call(&self, make: impl Fn() -> reqwest::RequestBuilder) -> Result<Reply, ApiError> {
         let token = self.token().await?;
         let first = self.send_with(&make, &token).await;
@@ -272,8 +272,13 @@ impl TapisClient {
             ok => return ok,
         };
         let body = err.body().unwrap_or_default();
-        let expired = err.status() == Some(401) && body.contains("TAPIS_SECURITY_JWT_EXPIRED");
+        let unauthorized = err.status() == Some(401);
+        let expired = unauthorized && body.contains("TAPIS_SECURITY_JWT_EXPIRED");
         let revoked = err.status() == Some(500) && body.contains("Token is revoked");
+        if unauthorized && !expired {
+            // Not worth a second try now, but never keep a token Tapis refused.
+            self.forget(&token, false).await;
+        }
         if !expired && !revoked {
             return Err(err);
         }

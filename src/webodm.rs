@@ -321,7 +321,8 @@ impl WebodmClient {
             .await
     }
 
-    /// Whether the task already holds an image of that name.
+    /// Whether the task already holds an image of that name (`HEAD`, 200 or 404). WebODM also
+    /// answers 404 when the task or project does not exist: that reads as `false` here.
     pub async fn has_image(
         &self,
         project: i64,

@@ -472,6 +472,17 @@ async fn tapis_relogs_in_on_expired_and_revoked_tokens() {
     ));
     assert_eq!(tapis.list_dir("sys", "big").await.unwrap().len(), 1005);
     assert_eq!(st.lock().unwrap().logins, 3);
+    // Another 401 fails the call but the refused token is not used again.
+    st.lock().unwrap().faults.push_back(fault(
+        "/v3/files/ops/",
+        401,
+        "TAPIS_SECURITY_JWT_PARSE_ERROR Unable to parse or validate the JWT.",
+    ));
+    let e = tapis.list_dir("sys", "").await.unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    assert!(!e.is_retryable());
+    tapis.list_dir("sys", "").await.unwrap();
+    assert_eq!(st.lock().unwrap().logins, 4);
     assert_no_secrets(&st);
 }
 
@@ -769,4 +780,23 @@ async fn transport_errors_are_retryable_and_name_the_request() {
         "{e}"
     );
     assert!(webodm.requests() > 1, "retried until the budget ran out");
+}
+
+#[tokio::test]
+async fn requests_are_rate_limited() {
+    let (addr, _st) = start(3600).await;
+    let mut cfg = config(addr);
+    cfg.webodm.requests_per_second = 50; // bursts of 10, then one every 20 ms
+    let (_, webodm) = clients(&cfg);
+    let t = Instant::now();
+    let calls = (0..30).map(|_| webodm.find_projects("x"));
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap();
+    }
+    assert_eq!(webodm.requests(), 31);
+    assert!(
+        t.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t.elapsed()
+    );
 }
