@@ -1,0 +1,925 @@
+//! What the Tapis and WebODM clients share: the error type and its classes, the per-service
+//! HTTP plumbing (user agent, timeouts, rate limit, concurrency cap, request counter), the retry
+//! policy (exponential backoff with jitter, `Retry-After`), token caching, and byte streams.
+//!
+//! Nothing here knows about flights; nothing here ever prints a token or a password: request
+//! URLs are shown by path only (no query string), response bodies are cut to a short snippet
+//! with anything shaped like a JWT blanked out, and credentials travel in headers marked
+//! sensitive.
+
+use std::error::Error as _;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backon::{ExponentialBuilder, Retryable};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use url::Url;
+
+use crate::config::{RetryConfig, Secret};
+
+/// A response body as a stream of chunks, as returned by a download and taken by an upload.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
+
+/// Longest part of a response body quoted in an error.
+const SNIPPET_CHARS: usize = 300;
+/// Most bytes of an error body read to make the snippet.
+const SNIPPET_READ: usize = 4096;
+/// Time allowed to open a TCP (and TLS) connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tokens are renewed when less than this (or a quarter of their lifetime) remains.
+const RENEW_AHEAD: Duration = Duration::from_secs(300);
+
+/// Why a call to Tapis or WebODM failed.
+///
+/// Messages say which service and which request (method and path, never the query string),
+/// and quote at most 300 characters of the server's answer; they never contain a token or a
+/// password.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The request did not get a response: connection refused or reset, timeout, broken body.
+    #[error("{service} {op}: {detail}")]
+    Transport {
+        /// `Tapis` or `WebODM`.
+        service: &'static str,
+        /// Method and path, e.g. `GET /v3/systems`.
+        op: String,
+        /// What went wrong, with its causes.
+        detail: String,
+    },
+    /// The server answered with an unsuccessful HTTP status.
+    #[error("{service} {op}: HTTP {status}{}", body_suffix(.body))]
+    Status {
+        /// `Tapis` or `WebODM`.
+        service: &'static str,
+        /// Method and path.
+        op: String,
+        /// HTTP status code.
+        status: u16,
+        /// The start of the response body (plain text, JSON or HTML), whitespace collapsed.
+        body: String,
+        /// The server's `Retry-After` on a 429 or 503.
+        retry_after: Option<Duration>,
+    },
+    /// The server answered 2xx with a body that is not what the API promises.
+    #[error("{service} {op}: unexpected response: {detail}")]
+    Decode {
+        /// `Tapis` or `WebODM`.
+        service: &'static str,
+        /// Method and path.
+        op: String,
+        /// What did not match.
+        detail: String,
+    },
+    /// Logging in was refused: the configured credentials are wrong.
+    #[error("{service} login refused: {detail}")]
+    Auth {
+        /// `Tapis` or `WebODM`.
+        service: &'static str,
+        /// The server's reason and what to check.
+        detail: String,
+    },
+    /// The server rejected the session token on a request that cannot be replayed (its body
+    /// was consumed). The token has been dropped: trying again logs in afresh.
+    #[error("{service} {op}: HTTP {status}: session token rejected ({body}); a new one will be fetched on retry")]
+    TokenRejected {
+        /// `Tapis` or `WebODM`.
+        service: &'static str,
+        /// Method and path.
+        op: String,
+        /// HTTP status code.
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+    /// A body ended before the announced number of bytes.
+    #[error("{what}: truncated: expected {expected} bytes, got {got}")]
+    Truncated {
+        /// What was being read.
+        what: String,
+        /// Bytes announced.
+        expected: u64,
+        /// Bytes received.
+        got: u64,
+    },
+    /// A body carried more than the announced number of bytes.
+    #[error("{what}: overlong: expected {expected} bytes, got at least {got}")]
+    Overlong {
+        /// What was being read.
+        what: String,
+        /// Bytes announced.
+        expected: u64,
+        /// Bytes received so far.
+        got: u64,
+    },
+    /// The client could not be set up (bad base URL, TLS initialisation).
+    #[error("{service}: cannot set up the client: {detail}")]
+    Setup {
+        /// `Tapis` or `WebODM`.
+        service: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+fn body_suffix(body: &str) -> String {
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    }
+}
+
+impl ApiError {
+    /// Whether trying the same operation again may succeed: transport failures, 5xx, 408,
+    /// 429, a rejected session token and truncated bodies.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Transport { .. }
+            | ApiError::Truncated { .. }
+            | ApiError::TokenRejected { .. } => true,
+            ApiError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            ApiError::Decode { .. }
+            | ApiError::Auth { .. }
+            | ApiError::Overlong { .. }
+            | ApiError::Setup { .. } => false,
+        }
+    }
+
+    /// Whether the server said the thing asked for does not exist (HTTP 404).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// How long the server asked us to wait (`Retry-After` on a 429 or 503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status the server answered with, if it answered with an error status.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } | ApiError::TokenRejected { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    /// The quoted start of the server's error body, if any.
+    pub(crate) fn body(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { body, .. } | ApiError::TokenRejected { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a `Retry-After` value: delay seconds or an HTTP-date (a date in the past is zero).
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Replaces anything shaped like a JWT (`eyJ…`) with `<redacted>`.
+pub(crate) fn redact_jwts(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("eyJ") {
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            .unwrap_or(tail.len());
+        out.push_str("<redacted>");
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The start of a body for an error message: whitespace collapsed, JWTs blanked, ≤ 300 chars.
+pub(crate) fn snippet(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let collapsed = redact_jwts(&text.split_whitespace().collect::<Vec<_>>().join(" "));
+    if collapsed.chars().count() <= SNIPPET_CHARS {
+        collapsed
+    } else {
+        let mut cut: String = collapsed.chars().take(SNIPPET_CHARS - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// The `exp` claim of a JWT (seconds since the epoch), read without checking the signature.
+pub(crate) fn jwt_exp(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    match &claims["exp"] {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
+        _ => None,
+    }
+}
+
+/// How long before expiry a token of this lifetime is renewed: min(5 min, lifetime / 4).
+fn renew_margin(lifetime: Duration) -> Duration {
+    RENEW_AHEAD.min(lifetime / 4)
+}
+
+/// A session token and when to renew it.
+pub(crate) struct CachedToken {
+    /// The token itself.
+    pub(crate) token: Secret,
+    /// When it should be replaced; `None` when its lifetime is unknown.
+    renew_at: Option<Instant>,
+}
+
+impl CachedToken {
+    /// Caches a token that lives `lifetime` from now, or until its JWT `exp` claim when the
+    /// lifetime is not given.
+    pub(crate) fn new(token: Secret, lifetime: Option<Duration>) -> Self {
+        let lifetime = lifetime.or_else(|| {
+            let exp = UNIX_EPOCH + Duration::from_secs(jwt_exp(token.expose())?);
+            Some(
+                exp.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            )
+        });
+        let renew_at = lifetime.map(|l| Instant::now() + (l - renew_margin(l)));
+        CachedToken { token, renew_at }
+    }
+
+    /// Whether the token can still be used without renewing it first.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.renew_at.is_none_or(|t| Instant::now() < t)
+    }
+}
+
+/// A header value holding a credential, marked sensitive so it is never logged by the stack.
+pub(crate) fn secret_header(
+    service: &'static str,
+    prefix: &str,
+    secret: &Secret,
+) -> Result<HeaderValue, ApiError> {
+    let mut value =
+        HeaderValue::from_str(&format!("{prefix}{}", secret.expose())).map_err(|_| {
+            ApiError::Auth {
+                service,
+                detail: "the token contains characters not allowed in an HTTP header".into(),
+            }
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// A successful response, holding its slot of the service's concurrency cap until the body
+/// has been read (or the body stream is dropped).
+pub(crate) struct Reply {
+    resp: Response,
+    permit: OwnedSemaphorePermit,
+    service: &'static str,
+    op: String,
+}
+
+impl Reply {
+    /// Reads the whole body as JSON.
+    pub(crate) async fn json<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        let content_type = self
+            .resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        let (service, op) = (self.service, self.op);
+        let bytes = self
+            .resp
+            .bytes()
+            .await
+            .map_err(|e| transport(service, &op, "reading the body", e))?;
+        drop(self.permit);
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
+            service,
+            op,
+            detail: format!(
+                "{} (content-type {content_type})",
+                redact_jwts(&e.to_string())
+            ),
+        })
+    }
+
+    /// The body as a stream of chunks; the concurrency slot is released when it is dropped.
+    pub(crate) fn into_stream(self) -> ByteStream {
+        let (service, op, permit) = (self.service, self.op, self.permit);
+        Box::pin(self.resp.bytes_stream().map(move |chunk| {
+            let _slot = &permit;
+            chunk.map_err(|e| transport(service, &op, "reading the body", e))
+        }))
+    }
+}
+
+/// Turns a reqwest failure into [`ApiError::Transport`], with its causes and without its URL.
+fn transport(service: &'static str, op: &str, doing: &str, e: reqwest::Error) -> ApiError {
+    let timeout = e.is_timeout();
+    let e = e.without_url();
+    let mut detail = format!("{doing}: {e}");
+    let mut source = e.source();
+    while let Some(s) = source {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    if timeout {
+        detail.push_str(" (timed out)");
+    }
+    ApiError::Transport {
+        service,
+        op: op.to_string(),
+        detail: redact_jwts(&detail),
+    }
+}
+
+/// One remote service: its HTTP client, politeness limits, request counter and retry policy.
+pub(crate) struct Service {
+    name: &'static str,
+    base: Url,
+    client: reqwest::Client,
+    limiter: DefaultDirectRateLimiter,
+    slots: Arc<Semaphore>,
+    requests: AtomicU64,
+    backoff: ExponentialBuilder,
+    max_elapsed: Duration,
+}
+
+impl Service {
+    /// Sets up a service at `base` (`http` or `https`): at most `rps` requests per second
+    /// (small bursts), at most `concurrency` at once, `timeout` of silence on a connection.
+    pub(crate) fn new(
+        name: &'static str,
+        base: &Url,
+        rps: u32,
+        concurrency: usize,
+        timeout: Duration,
+        retry: &RetryConfig,
+    ) -> Result<Self, ApiError> {
+        let setup = |detail: String| ApiError::Setup {
+            service: name,
+            detail,
+        };
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(setup(format!(
+                "base URL `{base}` must be an http:// or https:// URL"
+            )));
+        }
+        let rps = NonZeroU32::new(rps).ok_or_else(|| setup("requests_per_second is 0".into()))?;
+        let burst = NonZeroU32::new((rps.get() / 5).max(1)).unwrap_or(NonZeroU32::MIN);
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("tapis-webodm-sync/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(timeout)
+            .tls_backend_rustls()
+            .build()
+            .map_err(|e| setup(e.to_string()))?;
+        let backoff = ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(retry.initial)
+            .with_max_delay(retry.max)
+            .with_total_delay(Some(retry.max_elapsed))
+            .without_max_times();
+        Ok(Service {
+            name,
+            base: base.clone(),
+            client,
+            limiter: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            requests: AtomicU64::new(0),
+            backoff,
+            max_elapsed: retry.max_elapsed,
+        })
+    }
+
+    /// The base URL with `segments` appended, each percent-encoded on its own (a segment may
+    /// hold spaces, `#`, `?`, `%`, `/` or non-ASCII), plus a trailing slash when asked.
+    pub(crate) fn url(&self, segments: &[&str], trailing_slash: bool) -> Url {
+        let mut url = self.base.clone();
+        url.set_query(None);
+        url.set_fragment(None);
+        {
+            // `new` checked that the base URL can have a path.
+            let mut path = url
+                .path_segments_mut()
+                .expect("base URL checked in Service::new");
+            path.pop_if_empty();
+            path.extend(segments);
+            if trailing_slash {
+                path.push("");
+            }
+        }
+        url
+    }
+
+    /// Starts a request.
+    pub(crate) fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        self.client.request(method, url)
+    }
+
+    /// Sends one request: waits for a concurrency slot and the rate limiter, counts it, and
+    /// turns a non-2xx answer into [`ApiError::Status`].
+    pub(crate) async fn send(&self, req: RequestBuilder) -> Result<Reply, ApiError> {
+        let req = req.build().map_err(|e| ApiError::Setup {
+            service: self.name,
+            detail: format!("cannot build a request: {}", e.without_url()),
+        })?;
+        let op = format!("{} {}", req.method(), req.url().path());
+        let permit = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        self.limiter.until_ready().await;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = self
+            .client
+            .execute(req)
+            .await
+            .map_err(|e| transport(self.name, &op, "sending the request", e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(Reply {
+                resp,
+                permit,
+                service: self.name,
+                op,
+            });
+        }
+        let retry_after = match status.as_u16() {
+            429 | 503 => resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now())),
+            _ => None,
+        };
+        let body = read_snippet(resp).await;
+        drop(permit);
+        Err(ApiError::Status {
+            service: self.name,
+            op,
+            status: status.as_u16(),
+            body,
+            retry_after,
+        })
+    }
+
+    /// Runs an idempotent operation until it succeeds, fails for good, or the retry budget is
+    /// spent: exponential backoff with jitter, waiting at least what `Retry-After` asks (and
+    /// giving up at once when it asks for more than `max_elapsed`).
+    pub(crate) async fn retry<T, F, Fut>(&self, op: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let max_elapsed = self.max_elapsed;
+        op.retry(self.backoff)
+            .sleep(tokio::time::sleep)
+            .when(ApiError::is_retryable)
+            .adjust(move |e: &ApiError, wait| {
+                let wait = wait?;
+                match e.retry_after() {
+                    Some(asked) if asked > max_elapsed => None,
+                    Some(asked) => Some(wait.max(asked)),
+                    None => Some(wait),
+                }
+            })
+            .notify(|e: &ApiError, wait| {
+                tracing::debug!(service = self.name, error = %e, wait = ?wait, "retrying");
+            })
+            .await
+    }
+
+    /// HTTP requests sent so far, retries and logins included.
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads at most a few KiB of an error body and makes a snippet of it.
+async fn read_snippet(mut resp: Response) -> String {
+    let mut raw = Vec::new();
+    while raw.len() < SNIPPET_READ {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => raw.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    snippet(&raw)
+}
+
+/// Wraps a body so that it fails when it does not carry exactly `expected` bytes:
+/// [`ApiError::Overlong`] as soon as more arrive, [`ApiError::Truncated`] at its end when fewer
+/// came. `what` names the body in those errors (e.g. the system and path).
+pub fn verify_length(stream: ByteStream, expected: u64, what: String) -> ByteStream {
+    Box::pin(LengthChecked {
+        inner: stream,
+        expected,
+        got: 0,
+        what,
+        done: false,
+    })
+}
+
+struct LengthChecked {
+    inner: ByteStream,
+    expected: u64,
+    got: u64,
+    what: String,
+    done: bool,
+}
+
+impl Stream for LengthChecked {
+    type Item = Result<Bytes, ApiError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = match self.inner.as_mut().poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(item) => item,
+        };
+        let (expected, got) = (self.expected, self.got);
+        Poll::Ready(match item {
+            Some(Ok(chunk)) => {
+                let got = got + chunk.len() as u64;
+                self.got = got;
+                if got > expected {
+                    self.done = true;
+                    let what = self.what.clone();
+                    Some(Err(ApiError::Overlong {
+                        what,
+                        expected,
+                        got,
+                    }))
+                } else {
+                    Some(Ok(chunk))
+                }
+            }
+            Some(Err(e)) => {
+                self.done = true;
+                Some(Err(e))
+            }
+            None => {
+                self.done = true;
+                (got < expected).then(|| {
+                    Err(ApiError::Truncated {
+                        what: self.what.clone(),
+                        expected,
+                        got,
+                    })
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+
+    fn status(code: u16, body: &str) -> ApiError {
+        ApiError::Status {
+            service: "Tapis",
+            op: "GET /v3/files/ops/sys/a".into(),
+            status: code,
+            body: body.into(),
+            retry_after: None,
+        }
+    }
+
+    fn jwt(claims: serde_json::Value) -> String {
+        let enc = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.{}",
+            enc(br#"{"alg":"HS256","typ":"JWT"}"#),
+            enc(claims.to_string().as_bytes()),
+            enc(b"sig")
+        )
+    }
+
+    #[test]
+    fn jwt_exp_is_read_without_checking_the_signature() {
+        assert_eq!(
+            jwt_exp(&jwt(serde_json::json!({"exp": 1_900_000_000u64}))),
+            Some(1_900_000_000)
+        );
+        assert_eq!(jwt_exp(&jwt(serde_json::json!({"exp": 17.9}))), Some(17));
+        assert_eq!(jwt_exp(&jwt(serde_json::json!({"sub": "x"}))), None);
+        assert_eq!(jwt_exp("not-a-jwt"), None);
+        assert_eq!(jwt_exp("a.!!!.c"), None);
+    }
+
+    #[test]
+    fn tokens_renew_ahead_of_expiry() {
+        assert_eq!(
+            renew_margin(Duration::from_secs(4 * 3600)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            renew_margin(Duration::from_secs(60)),
+            Duration::from_secs(15)
+        );
+        assert!(CachedToken::new(Secret::new("t"), Some(Duration::from_secs(3600))).is_fresh());
+        assert!(!CachedToken::new(Secret::new("t"), Some(Duration::ZERO)).is_fresh());
+        // Unknown lifetime: used until the server rejects it.
+        assert!(CachedToken::new(Secret::new("opaque"), None).is_fresh());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let expired = jwt(serde_json::json!({ "exp": now - 10 }));
+        assert!(!CachedToken::new(Secret::new(expired), None).is_fresh());
+        let ok = jwt(serde_json::json!({ "exp": now + 3600 }));
+        assert!(CachedToken::new(Secret::new(ok), None).is_fresh());
+        // A short lifetime still gets its first three quarters.
+        let soon = jwt(serde_json::json!({ "exp": now + 2 }));
+        assert!(CachedToken::new(Secret::new(soon), None).is_fresh());
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_http_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        assert!(status(500, "").is_retryable());
+        assert!(status(503, "").is_retryable());
+        assert!(status(429, "").is_retryable());
+        assert!(!status(400, "").is_retryable());
+        assert!(!status(403, "").is_retryable());
+        assert!(status(404, "").is_not_found());
+        assert!(!status(400, "").is_not_found());
+        assert_eq!(status(418, "").status(), Some(418));
+        let transport = ApiError::Transport {
+            service: "WebODM",
+            op: "POST /api/token-auth/".into(),
+            detail: "reset".into(),
+        };
+        assert!(transport.is_retryable());
+        assert_eq!(transport.status(), None);
+        let rejected = ApiError::TokenRejected {
+            service: "WebODM",
+            op: "POST /x/".into(),
+            status: 403,
+            body: String::new(),
+        };
+        assert!(rejected.is_retryable());
+        assert_eq!(rejected.status(), Some(403));
+        let short = ApiError::Truncated {
+            what: "x".into(),
+            expected: 2,
+            got: 1,
+        };
+        assert!(short.is_retryable());
+        let long = ApiError::Overlong {
+            what: "x".into(),
+            expected: 2,
+            got: 3,
+        };
+        assert!(!long.is_retryable());
+        let auth = ApiError::Auth {
+            service: "Tapis",
+            detail: "no".into(),
+        };
+        assert!(!auth.is_retryable());
+        let with_wait = ApiError::Status {
+            service: "WebODM",
+            op: "GET /api/projects/".into(),
+            status: 429,
+            body: String::new(),
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert_eq!(with_wait.retry_after(), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn messages_name_service_request_and_status() {
+        let e = status(404, "FILES_CLIENT_SSH_NOT_FOUND Path not found.");
+        assert_eq!(
+            e.to_string(),
+            "Tapis GET /v3/files/ops/sys/a: HTTP 404: FILES_CLIENT_SSH_NOT_FOUND Path not found."
+        );
+        assert_eq!(
+            status(502, "").to_string(),
+            "Tapis GET /v3/files/ops/sys/a: HTTP 502"
+        );
+    }
+
+    #[test]
+    fn snippets_are_short_single_line_and_hide_tokens() {
+        let body = format!("<html>\n  <body>{}</body>", "x".repeat(1000));
+        let s = snippet(body.as_bytes());
+        assert_eq!(s.chars().count(), 300);
+        assert!(s.starts_with("<html> <body>xxx") && s.ends_with('…'), "{s}");
+        let leaky = br#"{"detail":"bad token eyJhbGciOi.eyJzdWIi.c2lnbmF0dXJl here"}"#;
+        assert_eq!(snippet(leaky), r#"{"detail":"bad token <redacted> here"}"#);
+        assert_eq!(snippet(&[0xff, b'o', b'k']), "\u{fffd}ok");
+    }
+
+    async fn collect(s: ByteStream) -> (Vec<u8>, Option<ApiError>) {
+        let mut s = s;
+        let mut data = Vec::new();
+        while let Some(item) = s.next().await {
+            match item {
+                Ok(b) => data.extend_from_slice(&b),
+                Err(e) => return (data, Some(e)),
+            }
+        }
+        (data, None)
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> ByteStream {
+        Box::pin(stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn verify_length_passes_exact_bodies() {
+        let (data, err) = collect(verify_length(chunks(&[b"ab", b"cd"]), 4, "f".into())).await;
+        assert_eq!(data, b"abcd");
+        assert!(err.is_none());
+        let (data, err) = collect(verify_length(chunks(&[]), 0, "f".into())).await;
+        assert!(data.is_empty() && err.is_none());
+    }
+
+    #[tokio::test]
+    async fn verify_length_reports_short_bodies_at_the_end() {
+        let (data, err) = collect(verify_length(chunks(&[b"ab", b"c"]), 4, "sys/f".into())).await;
+        assert_eq!(data, b"abc");
+        match err {
+            Some(
+                e @ ApiError::Truncated {
+                    expected: 4,
+                    got: 3,
+                    ..
+                },
+            ) => {
+                assert!(e.is_retryable());
+                assert_eq!(e.to_string(), "sys/f: truncated: expected 4 bytes, got 3");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn verify_length_stops_overlong_bodies_at_once() {
+        let mut s = verify_length(chunks(&[b"ab", b"cde", b"fg"]), 4, "f".into());
+        assert_eq!(s.next().await.unwrap().unwrap(), Bytes::from_static(b"ab"));
+        assert!(matches!(
+            s.next().await,
+            Some(Err(ApiError::Overlong {
+                expected: 4,
+                got: 5,
+                ..
+            }))
+        ));
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn verify_length_passes_errors_through_and_ends() {
+        let inner: ByteStream = Box::pin(stream::iter(vec![
+            Ok(Bytes::from_static(b"a")),
+            Err(ApiError::Transport {
+                service: "Tapis",
+                op: "GET /v3/files/content/s/f".into(),
+                detail: "reset".into(),
+            }),
+        ]));
+        let mut s = verify_length(inner, 10, "f".into());
+        assert!(s.next().await.unwrap().is_ok());
+        assert!(matches!(
+            s.next().await,
+            Some(Err(ApiError::Transport { .. }))
+        ));
+        assert!(s.next().await.is_none());
+    }
+
+    fn service(base: &str) -> Service {
+        Service::new(
+            "Tapis",
+            &Url::parse(base).unwrap(),
+            10,
+            2,
+            Duration::from_secs(5),
+            &RetryConfig::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn urls_encode_each_segment() {
+        let svc = service("https://tenant.tapis.io/");
+        let url = svc.url(
+            &["v3", "files", "ops", "sys.a", "Flight #1", "ü?%.jpg"],
+            false,
+        );
+        assert_eq!(
+            url.as_str(),
+            "https://tenant.tapis.io/v3/files/ops/sys.a/Flight%20%231/%C3%BC%3F%25.jpg"
+        );
+        let svc = service("http://127.0.0.1:8000/prefix?x=1");
+        assert_eq!(
+            svc.url(&["api", "projects"], true).as_str(),
+            "http://127.0.0.1:8000/prefix/api/projects/"
+        );
+        assert!(Service::new(
+            "WebODM",
+            &Url::parse("ftp://x/").unwrap(),
+            1,
+            1,
+            Duration::from_secs(1),
+            &RetryConfig::default()
+        )
+        .is_err());
+    }
+
+    #[tokio::test]
+    async fn retry_stops_on_permanent_errors_and_retries_transient_ones() {
+        let svc = Service::new(
+            "Tapis",
+            &Url::parse("http://127.0.0.1:9/").unwrap(),
+            10,
+            2,
+            Duration::from_secs(5),
+            &RetryConfig {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(5),
+                max_elapsed: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        let calls = AtomicU64::new(0);
+        let r: Result<u32, _> = svc
+            .retry(|| async {
+                let n = calls.fetch_add(1, Ordering::Relaxed);
+                if n < 4 {
+                    Err(status(503, ""))
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            5,
+            "more than backon's default 3 tries"
+        );
+        calls.store(0, Ordering::Relaxed);
+        let r: Result<u32, _> = svc
+            .retry(|| async {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err(status(404, ""))
+            })
+            .await;
+        assert!(r.unwrap_err().is_not_found());
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,780 @@
+//! Simulated WebODM REST API (`/api/…`), following `contracts/webodm.md`.
+// Handlers return a ready error `Response` as `Err`, once per request: its size is no concern.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::auth::{Check, Kind};
+use super::util::{
+    fmt_time, html_404, json, param, percent_decode, query_pairs, unix, uuid4, TimeFmt,
+};
+use super::Shared;
+
+/// A WebODM project as the simulator holds it (read back by tests).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimProject {
+    /// Project id.
+    pub id: i64,
+    /// Name as stored (trimmed).
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Tags as the API returns them.
+    pub tags: Vec<String>,
+    /// Tasks in creation order.
+    pub tasks: Vec<SimTask>,
+}
+
+/// A WebODM task as the simulator holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimTask {
+    /// Task id (UUID).
+    pub id: String,
+    /// Name (WebODM allows none).
+    pub name: Option<String>,
+    /// Still accepting uploads (not committed).
+    pub partial: bool,
+    /// Processing options as sent.
+    pub options: Value,
+    /// Tags as the API returns them.
+    pub tags: Vec<String>,
+    /// Stored images: name → (size, SHA-256 hex).
+    pub images: BTreeMap<String, (u64, String)>,
+}
+
+/// The simulated WebODM's data.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    next_id: i64,
+    pub projects: Vec<Project>,
+}
+
+/// A stored project.
+#[derive(Clone, Debug)]
+pub(crate) struct Project {
+    pub id: i64,
+    pub name: String,
+    description: String,
+    /// Space-joined, as WebODM stores them.
+    tags: String,
+    created_at: String,
+    pub tasks: Vec<Task>,
+}
+
+/// A stored task.
+#[derive(Clone, Debug)]
+pub(crate) struct Task {
+    id: String,
+    project: i64,
+    name: Option<String>,
+    pub partial: bool,
+    auto_processing_node: bool,
+    options: Value,
+    tags: String,
+    created_at: String,
+    pub images: BTreeMap<String, (u64, String)>,
+}
+
+/// Splits stored tags the way the API returns them.
+fn split_tags(tags: &str) -> Vec<String> {
+    tags.split(' ')
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Project {
+    /// Tags as the API returns them.
+    pub fn tags(&self) -> Vec<String> {
+        split_tags(&self.tags)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "tasks": self.tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+            "owned": true,
+            "created_at": self.created_at,
+            "permissions": ["add", "change", "delete", "view"],
+            "tags": self.tags(),
+            "name": self.name,
+            "description": self.description,
+            "public": false,
+            "public_edit": false,
+            "public_id": null,
+        })
+    }
+
+    /// The public read-back form.
+    pub fn to_sim(&self) -> SimProject {
+        SimProject {
+            id: self.id,
+            name: self.name.clone(),
+            description: self.description.clone(),
+            tags: self.tags(),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|t| SimTask {
+                    id: t.id.clone(),
+                    name: t.name.clone(),
+                    partial: t.partial,
+                    options: t.options.clone(),
+                    tags: split_tags(&t.tags),
+                    images: t.images.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Task {
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "project": self.project,
+            "processing_node": null,
+            "processing_node_name": null,
+            "can_rerun_from": [],
+            "uuid": "",
+            "name": self.name,
+            "processing_time": -1,
+            "auto_processing_node": self.auto_processing_node,
+            "status": null,
+            "last_error": null,
+            "options": self.options,
+            "available_assets": [],
+            "created_at": self.created_at,
+            "pending_action": null,
+            "public": false,
+            "public_edit": false,
+            "resize_to": -1,
+            "upload_progress": 0.0,
+            "resize_progress": 0.0,
+            "running_progress": 0.0,
+            "import_url": "",
+            "images_count": self.images.len(),
+            "partial": self.partial,
+            "potree_scene": {},
+            "epsg": null,
+            "tags": split_tags(&self.tags),
+            "orthophoto_extent": null,
+            "dsm_extent": null,
+            "dtm_extent": null,
+        })
+    }
+}
+
+impl State {
+    fn project(&mut self, id: &str) -> Option<&mut Project> {
+        let id: i64 = id.parse().ok()?;
+        self.projects.iter_mut().find(|p| p.id == id)
+    }
+
+    /// Removes a task (drift tests); whether it existed.
+    pub fn delete_task(&mut self, project_id: i64, task_id: &str) -> bool {
+        let Some(p) = self.projects.iter_mut().find(|p| p.id == project_id) else {
+            return false;
+        };
+        let before = p.tasks.len();
+        p.tasks.retain(|t| t.id != task_id);
+        p.tasks.len() != before
+    }
+}
+
+fn now_str() -> String {
+    fmt_time(unix(SystemTime::now()), TimeFmt::MicrosZ)
+}
+
+fn not_found() -> Response {
+    json(StatusCode::NOT_FOUND, &json!({"detail": "Not found."}))
+}
+
+fn bad(value: Value) -> Response {
+    json(StatusCode::BAD_REQUEST, &value)
+}
+
+fn forbidden(detail: &str) -> Response {
+    json(StatusCode::FORBIDDEN, &json!({ "detail": detail }))
+}
+
+/// Python truthiness of a JSON value.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// The routes, as counted in stats.
+#[derive(Clone, Copy)]
+enum Route {
+    TokenAuth,
+    Projects,
+    Project,
+    Tasks,
+    Task,
+    Upload,
+    Commit,
+    Download,
+}
+
+impl Route {
+    fn template(self) -> &'static str {
+        match self {
+            Route::TokenAuth => "/api/token-auth/",
+            Route::Projects => "/api/projects/",
+            Route::Project => "/api/projects/{project}/",
+            Route::Tasks => "/api/projects/{project}/tasks/",
+            Route::Task => "/api/projects/{project}/tasks/{task}/",
+            Route::Upload => "/api/projects/{project}/tasks/{task}/upload/",
+            Route::Commit => "/api/projects/{project}/tasks/{task}/commit/",
+            Route::Download => "/api/projects/{project}/tasks/{task}/images/download/{filename}",
+        }
+    }
+
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Route::TokenAuth | Route::Upload | Route::Commit => &[Method::POST],
+            Route::Projects | Route::Tasks => &[Method::GET, Method::POST],
+            Route::Project | Route::Task => &[Method::GET],
+            Route::Download => &[Method::HEAD],
+        }
+    }
+}
+
+/// Splits `/api/…` into a route and its raw (still percent-encoded) parameters.
+fn route(path: &str) -> Option<(Route, Vec<&str>)> {
+    let rest = path.strip_prefix("/api/")?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    if segs.len() >= 7
+        && segs[0] == "projects"
+        && segs[2] == "tasks"
+        && segs[4] == "images"
+        && segs[5] == "download"
+    {
+        let file = &rest[segs[..6].iter().map(|s| s.len() + 1).sum::<usize>()..];
+        let ids = [segs[1], segs[3]];
+        return (!file.is_empty() && ids.iter().all(|s| !s.is_empty()))
+            .then(|| (Route::Download, vec![segs[1], segs[3], file]));
+    }
+    let segs = rest.strip_suffix('/')?.split('/').collect::<Vec<_>>();
+    if segs.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let r = match segs.as_slice() {
+        ["token-auth"] => (Route::TokenAuth, vec![]),
+        ["projects"] => (Route::Projects, vec![]),
+        ["projects", p] => (Route::Project, vec![*p]),
+        ["projects", p, "tasks"] => (Route::Tasks, vec![*p]),
+        ["projects", p, "tasks", t] => (Route::Task, vec![*p, *t]),
+        ["projects", p, "tasks", t, "upload"] => (Route::Upload, vec![*p, *t]),
+        ["projects", p, "tasks", t, "commit"] => (Route::Commit, vec![*p, *t]),
+        _ => return None,
+    };
+    Some(r)
+}
+
+/// Checks `Authorization: JWT <token>` the way djangorestframework-jwt does.
+fn authenticate(sh: &Shared, headers: &HeaderMap) -> Result<String, Response> {
+    let not_provided = "Authentication credentials were not provided.";
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(forbidden(not_provided));
+    };
+    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    match parts.as_slice() {
+        [scheme, ..] if !scheme.eq_ignore_ascii_case("jwt") => Err(forbidden(not_provided)),
+        [_] | [] => Err(forbidden(
+            "Invalid Authorization header. No credentials provided.",
+        )),
+        [_, token] => match sh
+            .tokens
+            .lock()
+            .expect("tokens lock")
+            .check(Kind::Webodm, token)
+        {
+            Check::Valid(user) => Ok(user),
+            Check::Expired(_) => Err(forbidden("Signature has expired.")),
+            Check::Unknown => Err(forbidden("Error decoding signature.")),
+        },
+        _ => Err(forbidden(
+            "Invalid Authorization header. Credentials string should not contain spaces.",
+        )),
+    }
+}
+
+/// Answers one `/api/…` request; returns the route template for stats.
+pub(crate) async fn handle(sh: &Arc<Shared>, req: Request) -> (String, Response) {
+    let path = req.uri().path().to_owned();
+    let Some((route, params)) = route(&path) else {
+        return ("<unknown>".to_owned(), html_404(&path));
+    };
+    let params: Vec<String> = params.into_iter().map(percent_decode).collect();
+    let template = route.template().to_owned();
+    let method = req.method().clone();
+    if let Route::TokenAuth = route {
+        if method != Method::POST {
+            return (template, method_not_allowed(&method));
+        }
+        return (template, token_auth(sh, req).await);
+    }
+    if let Err(r) = authenticate(sh, req.headers()) {
+        return (template, r);
+    }
+    if !route.methods().contains(&method) {
+        return (template, method_not_allowed(&method));
+    }
+    let resp = match (route, method) {
+        (Route::Projects, Method::GET) => list_projects(sh, &req),
+        (Route::Projects, _) => match read_body(req).await {
+            Ok(body) => create_project(sh, &body),
+            Err(r) => r,
+        },
+        (Route::Project, _) => {
+            let mut st = sh.webodm.lock().expect("webodm lock");
+            st.project(&params[0])
+                .map_or_else(not_found, |p| json(StatusCode::OK, &p.json()))
+        }
+        (Route::Tasks, Method::GET) => {
+            let mut st = sh.webodm.lock().expect("webodm lock");
+            st.project(&params[0]).map_or_else(not_found, |p| {
+                let tasks: Vec<Value> = p.tasks.iter().map(Task::json).collect();
+                json(StatusCode::OK, &Value::Array(tasks))
+            })
+        }
+        (Route::Tasks, _) => match read_body(req).await {
+            Ok(body) => create_task(sh, &params[0], &body),
+            Err(r) => r,
+        },
+        (Route::Task, _) => with_task(sh, &params, |t| json(StatusCode::OK, &t.json())),
+        (Route::Commit, _) => with_task(sh, &params, |t| {
+            if t.images.is_empty() {
+                return bad(json!(["You need to upload at least 1 file before commit"]));
+            }
+            t.partial = false;
+            json(StatusCode::OK, &t.json())
+        }),
+        (Route::Upload, _) => upload(sh, &params, req).await,
+        (Route::Download, _) => with_task(sh, &params, |t| match t.images.get(&params[2]) {
+            Some((size, _)) => {
+                let mut r = Response::new(Body::empty());
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(*size));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+                r
+            }
+            None => not_found(),
+        }),
+        _ => unreachable!("methods checked above"),
+    };
+    (template, resp)
+}
+
+fn method_not_allowed(method: &Method) -> Response {
+    json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({ "detail": format!("Method \"{method}\" not allowed.") }),
+    )
+}
+
+/// Runs `f` on the task `params[1]` of project `params[0]`, or answers 404.
+fn with_task(sh: &Shared, params: &[String], f: impl FnOnce(&mut Task) -> Response) -> Response {
+    let mut st = sh.webodm.lock().expect("webodm lock");
+    let Some(p) = st.project(&params[0]) else {
+        return not_found();
+    };
+    match p.tasks.iter_mut().find(|t| t.id == params[1]) {
+        Some(t) => f(t),
+        None => not_found(),
+    }
+}
+
+/// Reads a JSON or form body into a JSON object (form values stay strings).
+async fn read_body(req: Request) -> Result<Value, Response> {
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let bytes = axum::body::to_bytes(req.into_body(), 16 << 20)
+        .await
+        .map_err(|_| bad(json!({"detail": "Could not read the request body."})))?;
+    if ctype.starts_with("application/json") {
+        if bytes.is_empty() {
+            return Ok(json!({}));
+        }
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| bad(json!({ "detail": format!("JSON parse error - {e}") })));
+    }
+    if ctype.starts_with("application/x-www-form-urlencoded")
+        || (ctype.is_empty() && bytes.is_empty())
+    {
+        let mut map = serde_json::Map::new();
+        for (k, v) in url::form_urlencoded::parse(&bytes).into_owned() {
+            map.insert(k, Value::String(v));
+        }
+        return Ok(Value::Object(map));
+    }
+    Err(json(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        &json!({ "detail": format!("Unsupported media type \"{ctype}\" in request.") }),
+    ))
+}
+
+/// Tags as WebODM's `TagsField` stores them: each item of the iterable, stripped, space-joined
+/// (a string is iterated character by character).
+fn parse_tags(v: Option<&Value>) -> Result<String, Response> {
+    let items: Vec<String> = match v {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => s.chars().map(|c| c.to_string()).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| match t {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        Some(_) => return Err(bad(json!({"tags": ["Value must be valid JSON list."]}))),
+    };
+    Ok(items.iter().map(|t| t.trim()).collect::<Vec<_>>().join(" "))
+}
+
+fn token_auth_body(body: &Value) -> (Option<String>, Option<String>) {
+    let get = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
+    (get("username"), get("password"))
+}
+
+async fn token_auth(sh: &Shared, req: Request) -> Response {
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (user, pass) = token_auth_body(&body);
+    let mut errors = serde_json::Map::new();
+    for (k, v) in [("username", &user), ("password", &pass)] {
+        if v.as_deref().is_none_or(str::is_empty) {
+            errors.insert(k.into(), json!(["This field is required."]));
+        }
+    }
+    if !errors.is_empty() {
+        return bad(Value::Object(errors));
+    }
+    let c = &sh.creds;
+    if user.as_deref() != Some(&c.webodm_username) || pass.as_deref() != Some(&c.webodm_password) {
+        return bad(json!({"non_field_errors": ["Unable to login with provided credentials."]}));
+    }
+    let issued = sh
+        .tokens
+        .lock()
+        .expect("tokens lock")
+        .issue(Kind::Webodm, &c.webodm_username);
+    json(StatusCode::OK, &json!({ "token": issued.token }))
+}
+
+fn list_projects(sh: &Shared, req: &Request) -> Response {
+    let q = query_pairs(req.uri().query());
+    let st = sh.webodm.lock().expect("webodm lock");
+    // WebODM orders projects newest first.
+    let mut list: Vec<&Project> = st.projects.iter().rev().collect();
+    if let Some(name) = param(&q, "name") {
+        list.retain(|p| p.name == name.trim());
+    }
+    if let Some(ordering) = param(&q, "ordering") {
+        let (desc, field) = ordering
+            .strip_prefix('-')
+            .map_or((false, ordering), |f| (true, f));
+        match field {
+            "name" => list.sort_by(|a, b| a.name.cmp(&b.name)),
+            "id" | "created_at" => list.sort_by_key(|p| p.id),
+            _ => {}
+        }
+        if desc {
+            list.reverse();
+        }
+    }
+    let items: Vec<Value> = list.iter().map(|p| p.json()).collect();
+    let Some(page) = param(&q, "page") else {
+        return json(StatusCode::OK, &Value::Array(items));
+    };
+    let pages = items.len().div_ceil(10).max(1);
+    let page = match page.parse::<usize>() {
+        Ok(n) if (1..=pages).contains(&n) => n,
+        _ => return json(StatusCode::NOT_FOUND, &json!({"detail": "Invalid page."})),
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let link = |n: usize| {
+        let mut pairs: Vec<(String, String)> =
+            q.iter().filter(|(k, _)| k != "page").cloned().collect();
+        pairs.push(("page".into(), n.to_string()));
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        json!(format!("http://{host}/api/projects/?{qs}"))
+    };
+    let results: Vec<Value> = items.into_iter().skip((page - 1) * 10).take(10).collect();
+    json(
+        StatusCode::OK,
+        &json!({
+            "count": list.len(),
+            "next": if page < pages { link(page + 1) } else { Value::Null },
+            "previous": if page > 1 { link(page - 1) } else { Value::Null },
+            "results": results,
+        }),
+    )
+}
+
+fn create_project(sh: &Shared, body: &Value) -> Response {
+    let name = match body.get("name") {
+        None => return bad(json!({"name": ["This field is required."]})),
+        Some(Value::Null) => return bad(json!({"name": ["This field may not be null."]})),
+        Some(Value::String(s)) => s.trim().to_owned(),
+        Some(other) => other.to_string(),
+    };
+    if name.is_empty() {
+        return bad(json!({"name": ["This field may not be blank."]}));
+    }
+    if name.chars().count() > 255 {
+        return bad(json!({"name": ["Ensure this field has no more than 255 characters."]}));
+    }
+    let description = match body.get("description") {
+        None => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) => return bad(json!({"description": ["This field may not be null."]})),
+        Some(other) => other.to_string(),
+    };
+    let tags = match parse_tags(body.get("tags")) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let mut st = sh.webodm.lock().expect("webodm lock");
+    st.next_id += 1;
+    let project = Project {
+        id: st.next_id,
+        name,
+        description,
+        tags,
+        created_at: now_str(),
+        tasks: Vec::new(),
+    };
+    let out = project.json();
+    st.projects.push(project);
+    json(StatusCode::CREATED, &out)
+}
+
+/// Validates `options`: a list of `{"name","value"}` with truthy values (a JSON string of one
+/// is accepted, as from a form).
+fn parse_options(v: Option<&Value>) -> Result<Value, Response> {
+    let invalid = || bad(json!({"options": ["Invalid options"]}));
+    let v = match v {
+        None => return Ok(json!([])),
+        Some(Value::String(s)) => serde_json::from_str(s).map_err(|_| invalid())?,
+        Some(v) => v.clone(),
+    };
+    let Value::Array(items) = &v else {
+        return Err(invalid());
+    };
+    for item in items {
+        let ok = item
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+            && item.get("value").is_some_and(truthy);
+        if !ok {
+            return Err(invalid());
+        }
+    }
+    Ok(v)
+}
+
+fn create_task(sh: &Shared, project: &str, body: &Value) -> Response {
+    if let Some(node) = body.get("processing_node") {
+        let msg = if node.is_null() {
+            "This field may not be null.".to_owned()
+        } else {
+            format!(
+                "Invalid pk \"{}\" - object does not exist.",
+                node.as_str().map_or(node.to_string(), str::to_owned)
+            )
+        };
+        return bad(json!({ "processing_node": [msg] }));
+    }
+    let options = match parse_options(body.get("options")) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let tags = match parse_tags(body.get("tags")) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let partial = body.get("partial").is_some_and(truthy);
+    let name = match body.get("name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() > 255 => {
+            return bad(json!({"name": ["Ensure this field has no more than 255 characters."]}))
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    let auto = body.get("auto_processing_node").is_none_or(truthy);
+    let mut st = sh.webodm.lock().expect("webodm lock");
+    let Some(p) = st.project(project) else {
+        return not_found();
+    };
+    if !partial {
+        return bad(json!(["Cannot create task, you need at least 2 images"]));
+    }
+    let task = Task {
+        id: uuid4(),
+        project: p.id,
+        name,
+        partial,
+        auto_processing_node: auto,
+        options,
+        tags,
+        created_at: now_str(),
+        images: BTreeMap::new(),
+    };
+    let out = task.json();
+    p.tasks.push(task);
+    json(StatusCode::CREATED, &out)
+}
+
+/// The name WebODM stores an uploaded file under: the part after the last `/` or `\`, cut to
+/// 255 characters keeping the extension.
+fn stored_name(sent: &str) -> String {
+    let base = sent.rsplit(['/', '\\']).next().unwrap_or(sent);
+    if base.chars().count() <= 255 {
+        return base.to_owned();
+    }
+    let ext = base.rfind('.').map_or("", |i| &base[i..]);
+    let keep = 255usize.saturating_sub(ext.chars().count());
+    base.chars().take(keep).collect::<String>() + ext
+}
+
+async fn upload(sh: &Shared, params: &[String], req: Request) -> Response {
+    // Checks before reading the body, like the real view.
+    let partial = {
+        let mut st = sh.webodm.lock().expect("webodm lock");
+        st.project(&params[0])
+            .and_then(|p| p.tasks.iter().find(|t| t.id == params[1]))
+            .map(|t| t.partial)
+    };
+    match partial {
+        None => return not_found(),
+        Some(false) => return bad(json!(["Task is not in partial state, cannot upload"])),
+        Some(true) => {}
+    }
+    let mut multipart = match Multipart::from_request(req, &()).await {
+        Ok(m) => m,
+        Err(_) => {
+            return json(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &json!({"detail": "Unsupported media type in request."}),
+            )
+        }
+    };
+    // (stored name, size, sha256); recorded only once the whole body was read.
+    let mut files: Vec<(String, u64, String)> = Vec::new();
+    loop {
+        let mut field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return bad(json!({ "detail": format!("Multipart form parse error - {e}") })),
+        };
+        let name = match (field.name(), field.file_name()) {
+            (Some("images"), Some(f)) if !f.is_empty() => stored_name(f),
+            _ => continue,
+        };
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    sh.stats
+                        .bytes_uploaded
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    size += chunk.len() as u64;
+                    hasher.update(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return bad(json!({ "detail": format!("Multipart form parse error - {e}") }))
+                }
+            }
+        }
+        files.push((name, size, hex::encode(hasher.finalize())));
+    }
+    if files.is_empty() {
+        return bad(json!(["No files uploaded"]));
+    }
+    with_task(sh, params, |t| {
+        let mut uploaded = serde_json::Map::new();
+        for (name, size, sha) in files {
+            uploaded.insert(name.clone(), json!(size));
+            t.images.insert(name, (size, sha));
+        }
+        json(
+            StatusCode::OK,
+            &json!({"success": true, "uploaded": uploaded}),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_names() {
+        assert_eq!(stored_name("a/b/IMG.jpg"), "IMG.jpg");
+        assert_eq!(stored_name("a\\b.jpg"), "b.jpg");
+        let long = format!("{}.jpg", "x".repeat(300));
+        let s = stored_name(&long);
+        assert_eq!(s.chars().count(), 255);
+        assert!(s.ends_with("x.jpg"));
+    }
+
+    #[test]
+    fn routes() {
+        assert!(route("/api/projects").is_none());
+        assert!(route("/api/projects//tasks/").is_none());
+        assert!(matches!(
+            route("/api/projects/3/tasks/"),
+            Some((Route::Tasks, _))
+        ));
+        let (r, p) = route("/api/projects/3/tasks/ab/images/download/a%20b.jpg").unwrap();
+        assert!(matches!(r, Route::Download));
+        assert_eq!(p, vec!["3", "ab", "a%20b.jpg"]);
+    }
+
+    #[test]
+    fn tags_quirk() {
+        assert_eq!(parse_tags(Some(&json!(["a", "bc"]))).unwrap(), "a bc");
+        assert_eq!(
+            split_tags(&parse_tags(Some(&json!("abc"))).unwrap()),
+            ["a", "b", "c"]
+        );
+    }
+}

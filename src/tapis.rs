@@ -1,0 +1,489 @@
+//! The Tapis v3 client: token lifecycle, systems listing, file listing, content streaming.
+//!
+//! Follows `contracts/tapis.md`: the token travels only in `X-Tapis-Token`; logins answer 200
+//! (any 2xx is accepted) and refuse bad credentials with a 400; an expired token is a 401 with a
+//! plain-text body, a revoked one a 500; systems are listed with `listType=ALL` and an explicit
+//! `select`, both listings are paged until a short page, and downloads carry no Content-Length.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::config::{RetryConfig, Secret, TapisAuth, TapisConfig};
+use crate::http::{secret_header, ApiError, CachedToken, Reply, Service};
+
+pub use crate::http::ByteStream;
+
+const SERVICE: &str = "Tapis";
+/// Systems per page (Tapis's own default, stated explicitly).
+const SYSTEMS_PAGE: usize = 100;
+/// Files per page (the most Tapis allows).
+const FILES_PAGE: usize = 1000;
+/// Attributes asked of each system (the default summary lacks `enabled` and `rootDir`).
+const SYSTEM_FIELDS: &str = "id,host,systemType,enabled,rootDir,owner";
+
+/// A Tapis storage system, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct System {
+    /// System id, e.g. `ptdatax.project.alpha`.
+    pub id: String,
+    /// Host name.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `LINUX`, `S3`, `IRODS`, `GLOBUS`, …
+    #[serde(default)]
+    pub system_type: Option<String>,
+    /// Whether the system is enabled (taken as enabled when Tapis leaves it out).
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Root directory on the host.
+    #[serde(default)]
+    pub root_dir: Option<String>,
+    /// Owner's username.
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// What a listed path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    SymbolicLink,
+    /// Anything else (`other`, `unknown`, or a type this client does not know).
+    #[serde(other)]
+    Other,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileEntry {
+    /// Base name.
+    pub name: String,
+    /// Path relative to the system root, without a leading `/`.
+    pub path: String,
+    /// File, directory, link or other.
+    #[serde(rename = "type")]
+    pub kind: FileKind,
+    /// Size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Modification time as Tapis writes it (RFC 3339, e.g. `2024-05-01T16:55:57Z`).
+    #[serde(default)]
+    pub last_modified: String,
+    /// MIME type, when Tapis knows it.
+    #[serde(default)]
+    pub mime_type: Option<String>,
+}
+
+/// The envelope of every Tapis answer: the payload is `result`.
+#[derive(Deserialize)]
+struct Envelope<T> {
+    result: T,
+}
+
+#[derive(Deserialize)]
+struct Tokens {
+    access_token: AccessToken,
+    #[serde(default)]
+    refresh_token: Option<RefreshToken>,
+}
+
+#[derive(Deserialize)]
+struct AccessToken {
+    access_token: Secret,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RefreshToken {
+    refresh_token: Secret,
+}
+
+/// The cached access token and the refresh token that renews it.
+#[derive(Default)]
+struct Session {
+    access: Option<CachedToken>,
+    refresh: Option<Secret>,
+}
+
+/// How the session token is obtained.
+enum Grant {
+    Password,
+    Refresh(Secret),
+}
+
+/// A Tapis v3 client. Cheap to clone: clones share one connection pool, rate limiter,
+/// concurrency cap, request counter and token.
+#[derive(Clone)]
+pub struct TapisClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    svc: Service,
+    username: String,
+    auth: TapisAuth,
+    session: Mutex<Session>,
+}
+
+impl fmt::Debug for TapisClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TapisClient")
+            .field("base_url", &self.inner.svc.url(&[], false).as_str())
+            .field("username", &self.inner.username)
+            .field("requests", &self.requests())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TapisClient {
+    /// A client for the tenant at `cfg.base_url`, authenticating with `cfg.auth`, limited to
+    /// `cfg.requests_per_second` and `cfg.max_concurrent_requests`. Nothing is sent yet.
+    pub fn new(cfg: &TapisConfig, retry: &RetryConfig) -> Result<Self, ApiError> {
+        if matches!(cfg.auth, TapisAuth::Unresolved) {
+            return Err(ApiError::Setup {
+                service: SERVICE,
+                detail: "no credentials: set a password or `token_file`".into(),
+            });
+        }
+        let svc = Service::new(
+            SERVICE,
+            &cfg.base_url,
+            cfg.requests_per_second,
+            cfg.max_concurrent_requests,
+            cfg.timeout,
+            retry,
+        )?;
+        Ok(TapisClient {
+            inner: Arc::new(Inner {
+                svc,
+                username: cfg.username.clone(),
+                auth: cfg.auth.clone(),
+                session: Mutex::new(Session::default()),
+            }),
+        })
+    }
+
+    /// Logs in now (other calls log in lazily): checks the credentials. With a pre-issued
+    /// token there is nothing to check until it is used.
+    pub async fn login(&self) -> Result<(), ApiError> {
+        self.token().await.map(drop)
+    }
+
+    /// Every system whose id matches the Tapis `like` pattern (`*` any run, `!` one
+    /// character), owned by or shared with the account, in id order, all pages.
+    pub async fn list_systems(&self, pattern: &str) -> Result<Vec<System>, ApiError> {
+        let svc = &self.inner.svc;
+        let url = svc.url(&["v3", "systems"], false);
+        let search = format!("(id.like.{pattern})");
+        let limit = SYSTEMS_PAGE.to_string();
+        let mut all = Vec::new();
+        loop {
+            let skip = all.len().to_string();
+            let query = [
+                ("listType", "ALL"),
+                ("search", search.as_str()),
+                ("select", SYSTEM_FIELDS),
+                ("orderBy", "id(asc)"),
+                ("limit", limit.as_str()),
+                ("skip", skip.as_str()),
+            ];
+            let page: Envelope<Vec<System>> = svc
+                .retry(|| async {
+                    self.call(|| svc.request(Method::GET, url.clone()).query(&query))
+                        .await?
+                        .json()
+                        .await
+                })
+                .await?;
+            let short = page.result.len() < SYSTEMS_PAGE;
+            all.extend(page.result);
+            if short {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Every entry of a directory, all pages (`path` is relative to the system root; `""` is
+    /// the root). A missing path or system is an error with `is_not_found()`.
+    pub async fn list_dir(&self, system: &str, path: &str) -> Result<Vec<FileEntry>, ApiError> {
+        let svc = &self.inner.svc;
+        let url = svc.url(&segments(&["v3", "files", "ops", system], path), false);
+        let limit = FILES_PAGE.to_string();
+        let mut all = Vec::new();
+        loop {
+            let offset = all.len().to_string();
+            let query = [("limit", limit.as_str()), ("offset", offset.as_str())];
+            let page: Envelope<Vec<FileEntry>> = svc
+                .retry(|| async {
+                    self.call(|| svc.request(Method::GET, url.clone()).query(&query))
+                        .await?
+                        .json()
+                        .await
+                })
+                .await?;
+            let short = page.result.len() < FILES_PAGE;
+            all.extend(page.result);
+            if short {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// The content of a file, streamed as it arrives (one attempt, no retries: a failed
+    /// download is re-opened by the caller). Tapis sends no Content-Length and may cut the body
+    /// short under a 200: wrap the stream in [`crate::http::verify_length`] with the listed size.
+    /// The request keeps one of the concurrency slots until the stream is dropped.
+    pub async fn download(&self, system: &str, path: &str) -> Result<ByteStream, ApiError> {
+        let svc = &self.inner.svc;
+        let url = svc.url(&segments(&["v3", "files", "content", system], path), false);
+        let reply = self.call(|| svc.request(Method::GET, url.clone())).await?;
+        Ok(reply.into_stream())
+    }
+
+    /// HTTP requests sent to Tapis so far, retries and logins included.
+    pub fn requests(&self) -> u64 {
+        self.inner.svc.requests()
+    }
+
+    /// Sends an authenticated request; on an expired (401) or revoked (500) token, gets a new
+    /// one and sends it once more. Any other 401 drops the token so the next call logs in.
+    async fn call(&self, make: impl Fn() -> reqwest::RequestBuilder) -> Result<Reply, ApiError> {
+        let token = self.token().await?;
+        let first = self.send_with(&make, &token).await;
+        let err = match first {
+            Err(e) => e,
+            ok => return ok,
+        };
+        let body = err.body().unwrap_or_default();
+        let unauthorized = err.status() == Some(401);
+        let expired = unauthorized && body.contains("TAPIS_SECURITY_JWT_EXPIRED");
+        let revoked = err.status() == Some(500) && body.contains("Token is revoked");
+        if unauthorized && !expired {
+            // Not worth a second try now, but never keep a token Tapis refused.
+            self.forget(&token, false).await;
+        }
+        if !expired && !revoked {
+            return Err(err);
+        }
+        if matches!(self.inner.auth, TapisAuth::Token(_)) {
+            return Err(ApiError::Auth {
+                service: SERVICE,
+                detail: format!(
+                    "the pre-issued token in `tapis.token_file` is no longer accepted ({err}): \
+                     replace it, or configure a password instead"
+                ),
+            });
+        }
+        tracing::debug!(
+            service = SERVICE,
+            reason = if expired { "expired" } else { "revoked" },
+            "token rejected; logging in again"
+        );
+        self.forget(&token, revoked).await;
+        let token = self.token().await?;
+        self.send_with(&make, &token).await
+    }
+
+    async fn send_with(
+        &self,
+        make: &impl Fn() -> reqwest::RequestBuilder,
+        token: &Secret,
+    ) -> Result<Reply, ApiError> {
+        let header = secret_header(SERVICE, "", token)?;
+        self.inner
+            .svc
+            .send(make().header("X-Tapis-Token", header))
+            .await
+    }
+
+    /// Drops the cached access token if it is still `used` (and the refresh token too when
+    /// `everything`, which forces a password grant).
+    async fn forget(&self, used: &Secret, everything: bool) {
+        let mut session = self.inner.session.lock().await;
+        if session.access.as_ref().is_some_and(|c| &c.token == used) {
+            session.access = None;
+        }
+        if everything {
+            session.refresh = None;
+        }
+    }
+
+    /// A usable access token: the cached one while fresh, else a refreshed one, else a new
+    /// one from the password grant. One login at a time.
+    async fn token(&self) -> Result<Secret, ApiError> {
+        let client = match &self.inner.auth {
+            TapisAuth::Token(token) => return Ok(token.clone()),
+            TapisAuth::Password { client, .. } => client,
+            TapisAuth::Unresolved => unreachable!("rejected in TapisClient::new"),
+        };
+        let mut session = self.inner.session.lock().await;
+        if let Some(cached) = session.access.as_ref().filter(|c| c.is_fresh()) {
+            return Ok(cached.token.clone());
+        }
+        let refreshed = match (session.refresh.take(), client) {
+            (Some(refresh), Some(_)) => match self.grant(Grant::Refresh(refresh)).await {
+                Ok(tokens) => Some(tokens),
+                Err(e) => {
+                    tracing::debug!(service = SERVICE, error = %e, "refresh failed; using the password grant");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let tokens = match refreshed {
+            Some(tokens) => tokens,
+            None => self.grant(Grant::Password).await?,
+        };
+        let lifetime = tokens.access_token.expires_in.map(Duration::from_secs);
+        let token = tokens.access_token.access_token;
+        session.access = Some(CachedToken::new(token.clone(), lifetime));
+        session.refresh = tokens.refresh_token.map(|r| r.refresh_token);
+        Ok(token)
+    }
+
+    /// One token request (retried while the failure is transient).
+    async fn grant(&self, grant: Grant) -> Result<Tokens, ApiError> {
+        let TapisAuth::Password { password, client } = &self.inner.auth else {
+            unreachable!("grants are only made with a password configured")
+        };
+        let svc = &self.inner.svc;
+        let url = svc.url(&["v3", "oauth2", "tokens"], false);
+        let body = match &grant {
+            Grant::Password => serde_json::json!({
+                "grant_type": "password",
+                "username": self.inner.username,
+                "password": password.expose(),
+            }),
+            Grant::Refresh(refresh) => serde_json::json!({
+                "grant_type": "refresh_token",
+                "refresh_token": refresh.expose(),
+            }),
+        };
+        let result = svc
+            .retry(|| async {
+                let mut req = svc.request(Method::POST, url.clone()).json(&body);
+                if let Some((id, key)) = client {
+                    req = req.basic_auth(id, Some(key.expose()));
+                }
+                svc.send(req).await?.json::<Envelope<Tokens>>().await
+            })
+            .await;
+        match result {
+            Ok(envelope) => Ok(envelope.result),
+            Err(e) if matches!(e.status(), Some(400 | 401 | 403)) => {
+                let what = match (&grant, client) {
+                    (Grant::Refresh(_), _) => "refreshing the token".to_string(),
+                    (Grant::Password, Some((id, _))) => format!(
+                        "as `{}` with client `{id}`: check `tapis.username`, the password, \
+                         `tapis.client_id` and the client key",
+                        self.inner.username
+                    ),
+                    (Grant::Password, None) => format!(
+                        "as `{}`: check `tapis.username` and the password",
+                        self.inner.username
+                    ),
+                };
+                Err(ApiError::Auth {
+                    service: SERVICE,
+                    detail: format!(
+                        "{what} (HTTP {}: {})",
+                        e.status().unwrap_or_default(),
+                        e.body().unwrap_or_default()
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `prefix` followed by the non-empty `/`-separated parts of `path`.
+fn segments<'a>(prefix: &[&'a str], path: &'a str) -> Vec<&'a str> {
+    prefix
+        .iter()
+        .copied()
+        .chain(path.split('/').filter(|s| !s.is_empty()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_entries_read_the_contract_shape() {
+        let item = serde_json::json!({"mimeType":"image/jpeg","type":"file","owner":"1003",
+            "group":"1003","nativePermissions":"rw-r--r--",
+            "url":"tapis://ptdatax.project.alpha/Flight1/code/images/IMG_0001.jpg",
+            "lastModified":"2024-05-01T16:55:57Z","name":"IMG_0001.jpg",
+            "path":"Flight1/code/images/IMG_0001.jpg","size":2483112});
+        let e: FileEntry = serde_json::from_value(item).unwrap();
+        assert_eq!(e.kind, FileKind::File);
+        assert_eq!(e.size, 2_483_112);
+        assert_eq!(e.mime_type.as_deref(), Some("image/jpeg"));
+        assert_eq!(e.last_modified, "2024-05-01T16:55:57Z");
+        for (t, k) in [
+            ("dir", FileKind::Dir),
+            ("symbolic_link", FileKind::SymbolicLink),
+            ("other", FileKind::Other),
+            ("unknown", FileKind::Other),
+            ("socket", FileKind::Other),
+        ] {
+            let v = serde_json::json!({"name":"n","path":"p","type":t,"mimeType":null,"size":0});
+            assert_eq!(serde_json::from_value::<FileEntry>(v).unwrap().kind, k);
+        }
+    }
+
+    #[test]
+    fn systems_read_the_selected_fields() {
+        let v = serde_json::json!({"id":"ptdatax.project.alpha","host":"ls6.tacc.utexas.edu",
+            "systemType":"LINUX","enabled":false,"rootDir":"/data/alpha","owner":"svc"});
+        let s: System = serde_json::from_value(v).unwrap();
+        assert_eq!(s.system_type.as_deref(), Some("LINUX"));
+        assert_eq!(s.root_dir.as_deref(), Some("/data/alpha"));
+        assert!(!s.enabled);
+        let s: System = serde_json::from_value(serde_json::json!({"id":"x"})).unwrap();
+        assert!(s.enabled && s.owner.is_none());
+    }
+
+    #[test]
+    fn token_answers_are_read() {
+        let v = serde_json::json!({"status":"success","message":"Token created successfully.",
+            "metadata":{},"version":"1",
+            "result":{"access_token":{"access_token":"eyJa.eyJb.c","expires_at":"2025-06-09T12:51:38.123456+00:00","expires_in":14400,"jti":"j"},
+                      "refresh_token":{"refresh_token":"eyJr.eyJs.t","expires_at":"x","expires_in":31536000,"jti":"k"}}});
+        let t: Envelope<Tokens> = serde_json::from_value(v).unwrap();
+        assert_eq!(t.result.access_token.access_token.expose(), "eyJa.eyJb.c");
+        assert_eq!(t.result.access_token.expires_in, Some(14400));
+        assert!(t.result.refresh_token.is_some());
+        let v = serde_json::json!({"result":{"access_token":{"access_token":"a"}}});
+        let t: Envelope<Tokens> = serde_json::from_value(v).unwrap();
+        assert!(t.result.refresh_token.is_none());
+    }
+
+    #[test]
+    fn paths_split_into_segments() {
+        assert_eq!(segments(&["v3", "s"], ""), ["v3", "s"]);
+        assert_eq!(
+            segments(&["v3", "s"], "/Flight 1//code/images/"),
+            ["v3", "s", "Flight 1", "code", "images"]
+        );
+    }
+}
