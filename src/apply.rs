@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use backon::Retryable;
 use futures_util::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -18,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::discover::Image;
-use crate::http::ApiError;
+use crate::http::{ApiError, RetryPolicy};
 use crate::naming;
 use crate::plan::{FlightPlan, Plan, Step};
 use crate::state::{
@@ -477,7 +476,7 @@ impl Engine<'_> {
         }
         let attempt = || async {
             let body = self.tapis.download(&key.system, &img.path).await?;
-            let body = crate::tapis::verify_length(body, img.size, img.path.clone());
+            let body = crate::http::verify_length(body, img.size, img.path.clone());
             let body = match &self.progress {
                 Some(bar) => {
                     let bar = bar.clone();
@@ -493,13 +492,9 @@ impl Engine<'_> {
                 .upload_image(project, task, &img.name, body, img.size)
                 .await
         };
-        let stored = attempt
-            .retry(crate::http::backoff(&self.config.retry))
-            .when(ApiError::is_retryable)
-            .notify(|e, wait| {
-                debug!(system = %key.system, flight = %key.flight, image = %img.name,
-                       error = %e, wait = ?wait, "retrying image")
-            })
+        let what = format!("{key}: image {}", img.name);
+        let stored = RetryPolicy::new(&self.config.retry)
+            .run(&what, attempt)
             .await
             .map_err(api(format!("uploading image {}", img.name)))?;
         if stored != img.size {

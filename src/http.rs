@@ -368,8 +368,56 @@ pub(crate) struct Service {
     limiter: DefaultDirectRateLimiter,
     slots: Arc<Semaphore>,
     requests: AtomicU64,
+    policy: RetryPolicy,
+}
+
+/// The retry policy of `[retry]`: exponential backoff with full jitter from `initial` to `max`,
+/// unlimited tries within `max_elapsed`, `Retry-After` honoured as the minimum wait.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
     backoff: ExponentialBuilder,
     max_elapsed: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy a `[retry]` section describes.
+    pub fn new(retry: &RetryConfig) -> Self {
+        RetryPolicy {
+            backoff: ExponentialBuilder::new()
+                .with_jitter()
+                .with_min_delay(retry.initial)
+                .with_max_delay(retry.max)
+                .with_total_delay(Some(retry.max_elapsed))
+                .without_max_times(),
+            max_elapsed: retry.max_elapsed,
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good ([`ApiError::is_retryable`] is false), or the
+    /// budget is spent; waits at least what `Retry-After` asks (giving up at once when it asks
+    /// for more than `max_elapsed`). Each retry is logged at debug with `what`, reason and wait.
+    pub async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let max_elapsed = self.max_elapsed;
+        op.retry(self.backoff)
+            .sleep(tokio::time::sleep)
+            .when(ApiError::is_retryable)
+            .adjust(move |e: &ApiError, wait| {
+                let wait = wait?;
+                match e.retry_after() {
+                    Some(asked) if asked > max_elapsed => None,
+                    Some(asked) => Some(wait.max(asked)),
+                    None => Some(wait),
+                }
+            })
+            .notify(|e: &ApiError, wait| {
+                tracing::debug!(what, error = %e, wait = ?wait, "retrying");
+            })
+            .await
+    }
 }
 
 impl Service {
@@ -401,12 +449,6 @@ impl Service {
             .tls_backend_rustls()
             .build()
             .map_err(|e| setup(e.to_string()))?;
-        let backoff = ExponentialBuilder::new()
-            .with_jitter()
-            .with_min_delay(retry.initial)
-            .with_max_delay(retry.max)
-            .with_total_delay(Some(retry.max_elapsed))
-            .without_max_times();
         Ok(Service {
             name,
             base: base.clone(),
@@ -414,8 +456,7 @@ impl Service {
             limiter: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
             requests: AtomicU64::new(0),
-            backoff,
-            max_elapsed: retry.max_elapsed,
+            policy: RetryPolicy::new(retry),
         })
     }
 
@@ -491,30 +532,13 @@ impl Service {
         })
     }
 
-    /// Runs an idempotent operation until it succeeds, fails for good, or the retry budget is
-    /// spent: exponential backoff with jitter, waiting at least what `Retry-After` asks (and
-    /// giving up at once when it asks for more than `max_elapsed`).
+    /// Runs an idempotent operation with this service's [`RetryPolicy`].
     pub(crate) async fn retry<T, F, Fut>(&self, op: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        let max_elapsed = self.max_elapsed;
-        op.retry(self.backoff)
-            .sleep(tokio::time::sleep)
-            .when(ApiError::is_retryable)
-            .adjust(move |e: &ApiError, wait| {
-                let wait = wait?;
-                match e.retry_after() {
-                    Some(asked) if asked > max_elapsed => None,
-                    Some(asked) => Some(wait.max(asked)),
-                    None => Some(wait),
-                }
-            })
-            .notify(|e: &ApiError, wait| {
-                tracing::debug!(service = self.name, error = %e, wait = ?wait, "retrying");
-            })
-            .await
+        self.policy.run(self.name, op).await
     }
 
     /// HTTP requests sent so far, retries and logins included.
