@@ -241,31 +241,39 @@ impl Iterator for ContentReader {
             return None;
         }
         let len = (self.size - self.pos).min(CHUNK as u64) as usize;
-        let mut buf = vec![0u8; len];
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = byte_at(self.key, self.kind, self.pos + i as u64);
+        let mut buf = Vec::with_capacity(len);
+        let end = self.pos + len as u64;
+        let mut pos = self.pos;
+        while pos < end {
+            // One mixed word gives 8 bytes.
+            let word = mix(self
+                .key
+                .wrapping_add((pos / 8).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            let bytes = word.to_le_bytes();
+            for i in (pos % 8)..8.min(end - pos + pos % 8) {
+                buf.push(shape(self.kind, pos + i - pos % 8, bytes[i as usize]));
+            }
+            pos += 8 - pos % 8;
         }
-        self.pos += len as u64;
+        self.pos = end;
         Some(Bytes::from(buf))
     }
 }
 
-/// Byte `pos` of the file with `key`.
-fn byte_at(key: u64, kind: Kind, pos: u64) -> u8 {
+/// Byte `pos` of a file of `kind` whose random byte there is `b`.
+fn shape(kind: Kind, pos: u64, b: u8) -> u8 {
     let magic: &[u8] = match kind {
         Kind::Jpeg => &[0xFF, 0xD8, 0xFF, 0xE0],
         Kind::Png => &[0x89, b'P', b'N', b'G'],
         Kind::Text => &[],
     };
-    if let Some(&m) = magic.get(pos as usize) {
-        return m;
-    }
-    let word = mix(key.wrapping_add((pos / 8).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-    let b = word.to_le_bytes()[(pos % 8) as usize];
-    match kind {
-        Kind::Text if pos % 61 == 60 => b'\n',
-        Kind::Text => b'a' + b % 26,
-        _ => b,
+    match magic.get(pos as usize) {
+        Some(&m) => m,
+        None => match kind {
+            Kind::Text if pos % 61 == 60 => b'\n',
+            Kind::Text => b'a' + b % 26,
+            _ => b,
+        },
     }
 }
 
@@ -549,5 +557,31 @@ fn system(
         root_dir: format!("/corral/projects/{short}"),
         description: format!("Simulated project storage {short}"),
         root: Dir::new("", BASE_MTIME, top),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_has_size_magic_and_is_stable() {
+        let spec = DatasetSpec {
+            image_size: 100_003,
+            ..DatasetSpec::demo()
+        };
+        let g = Gen {
+            spec: &spec,
+            system: "s".into(),
+        };
+        let Node::File(f) = g.file("a", "IMG.jpg", spec.image_size) else {
+            unreachable!()
+        };
+        let all: Vec<u8> = f.reader().flat_map(|c| c.to_vec()).collect();
+        assert_eq!(all.len() as u64, f.size);
+        assert_eq!(&all[..4], &[0xFF, 0xD8, 0xFF, 0xE0]);
+        assert_eq!(hex::encode(Sha256::digest(&all)), f.sha256());
+        let word = mix(f.key.wrapping_add(0x9E37_79B9_7F4A_7C15)).to_le_bytes();
+        assert_eq!(&all[8..16], &word);
     }
 }

@@ -303,55 +303,67 @@ pub async fn serve_cli(args: SimArgs) -> std::io::Result<()> {
     };
     let sim = Sim::start(&spec, args.listen).await?;
     let url = sim.base_url();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "SIM {url}")?;
-    out.flush()?;
-    let c = sim.credentials();
-    writeln!(
-        out,
-        "tapis:  {url}/v3  user {} / {}  client {} / {}",
-        c.tapis_username, c.tapis_password, c.tapis_client_id, c.tapis_client_key
-    )?;
-    writeln!(
-        out,
-        "webodm: {url}/api  user {} / {}",
-        c.webodm_username, c.webodm_password
-    )?;
-    let e = sim.dataset().expected();
-    writeln!(
-        out,
-        "expected: {} flights, {} images, {} bytes",
-        e.flights, e.images, e.bytes
-    )?;
-    writeln!(out, "report: {url}/__sim/report  stats: {url}/__sim/stats")?;
-    if let Some(path) = &args.write_config {
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let prefix = format!(
-            "{}.state-{}-",
-            path.file_name()
-                .map_or("config".into(), |n| n.to_string_lossy()),
-            sim.addr.port()
-        );
-        let state = tempfile::Builder::new()
-            .prefix(&prefix)
-            .tempdir_in(parent)?
-            .keep();
-        std::fs::write(path, sim.config_toml(&state))?;
+    // Written before the `SIM` line, so whoever waits for that line finds the config.
+    let config = match &args.write_config {
+        Some(path) => Some(write_config(&sim, path)?),
+        None => None,
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "SIM {url}")?;
+        out.flush()?;
+        let c = sim.credentials();
         writeln!(
             out,
-            "config: {} (state dir {})",
-            path.display(),
-            state.display()
+            "tapis:  {url}/v3  user {} / {}  client {} / {}",
+            c.tapis_username, c.tapis_password, c.tapis_client_id, c.tapis_client_key
         )?;
+        writeln!(
+            out,
+            "webodm: {url}/api  user {} / {}",
+            c.webodm_username, c.webodm_password
+        )?;
+        let e = sim.dataset().expected();
+        writeln!(
+            out,
+            "expected: {} flights, {} images, {} bytes",
+            e.flights, e.images, e.bytes
+        )?;
+        writeln!(out, "report: {url}/__sim/report  stats: {url}/__sim/stats")?;
+        if let (Some(path), Some(state)) = (&args.write_config, config) {
+            writeln!(
+                out,
+                "config: {} (state dir {})",
+                path.display(),
+                state.display()
+            )?;
+        }
+        out.flush()?;
     }
-    out.flush()?;
-    drop(out);
     wait_for_signal().await?;
     sim.shutdown().await;
     Ok(())
+}
+
+/// Writes the daemon config to `path` with a fresh state dir beside it; returns the state dir.
+fn write_config(sim: &Sim, path: &Path) -> std::io::Result<PathBuf> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let prefix = format!(
+        "{}.state-{}-",
+        path.file_name()
+            .map_or("config".into(), |n| n.to_string_lossy()),
+        sim.addr.port()
+    );
+    let state = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempdir_in(parent)?
+        .keep();
+    std::fs::write(path, sim.config_toml(&state))?;
+    Ok(state)
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {
