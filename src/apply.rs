@@ -296,7 +296,9 @@ impl Engine<'_> {
             info!(system = %key.system, flight = %key.flight, project = p.id, "adopted existing project");
             self.adopt_project(rec, p.id, p.name).await?;
             rec.verify_uploads = true;
-            self.store.close_intent(&key, IntentKind::CreateProject).await?;
+            self.store
+                .close_intent(&key, IntentKind::CreateProject)
+                .await?;
             return Ok(None);
         }
         let new = NewProject {
@@ -309,7 +311,9 @@ impl Engine<'_> {
             ),
             tags: naming::tags(&key),
         };
-        self.store.open_intent(&key, IntentKind::CreateProject).await?;
+        self.store
+            .open_intent(&key, IntentKind::CreateProject)
+            .await?;
         let p = self
             .webodm
             .create_project(&new)
@@ -317,7 +321,9 @@ impl Engine<'_> {
             .map_err(api("creating the project"))?;
         info!(system = %key.system, flight = %key.flight, project = p.id, name = %p.name, "created project");
         self.adopt_project(rec, p.id, p.name.clone()).await?;
-        self.store.close_intent(&key, IntentKind::CreateProject).await?;
+        self.store
+            .close_intent(&key, IntentKind::CreateProject)
+            .await?;
         Ok(Some(CreatedProject {
             project_id: p.id,
             project_name: p.name,
@@ -365,7 +371,9 @@ impl Engine<'_> {
                     Phase::Committed
                 };
                 self.store.put_flight(rec).await?;
-                self.store.close_intent(&key, IntentKind::CreateTask).await?;
+                self.store
+                    .close_intent(&key, IntentKind::CreateTask)
+                    .await?;
                 return Ok(false);
             }
         }
@@ -388,7 +396,9 @@ impl Engine<'_> {
         rec.images_uploaded = 0;
         rec.phase = Phase::TaskCreated;
         self.store.put_flight(rec).await?;
-        self.store.close_intent(&key, IntentKind::CreateTask).await?;
+        self.store
+            .close_intent(&key, IntentKind::CreateTask)
+            .await?;
         Ok(true)
     }
 
@@ -513,7 +523,10 @@ impl Engine<'_> {
         let done = self.store.uploaded_images(&rec.key)?;
         Ok(listed
             .iter()
-            .filter(|i| done.get(&i.name).is_some_and(|u| u.size == i.size && u.last_modified == i.last_modified))
+            .filter(|i| {
+                done.get(&i.name)
+                    .is_some_and(|u| u.size == i.size && u.last_modified == i.last_modified)
+            })
             .count() as u64)
     }
 

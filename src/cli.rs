@@ -140,7 +140,9 @@ fn describe(step: &Step) -> String {
     match step {
         Step::EnsureProject { name } => format!("create project {name:?}"),
         Step::EnsureTask => "create task".into(),
-        Step::Upload { count, bytes, .. } => format!("upload {count} images ({})", HumanBytes(*bytes)),
+        Step::Upload { count, bytes, .. } => {
+            format!("upload {count} images ({})", HumanBytes(*bytes))
+        }
         Step::Commit => "commit".into(),
         Step::WarnChangedAfterCommit => "warn: images changed after commit".into(),
     }
@@ -161,13 +163,24 @@ fn print_plan(report: &PassReport) {
     );
     for f in plan.flights.iter().filter(|f| !f.steps.is_empty()) {
         let steps: Vec<_> = f.steps.iter().map(describe).collect();
-        println!("  {} / {}: {}", f.system_id, f.flight_name, steps.join(", "));
+        println!(
+            "  {} / {}: {}",
+            f.system_id,
+            f.flight_name,
+            steps.join(", ")
+        );
     }
     for w in &plan.waiting {
-        println!("  {} / {}: waiting: {}", w.system_id, w.flight_name, w.reason);
+        println!(
+            "  {} / {}: waiting: {}",
+            w.system_id, w.flight_name, w.reason
+        );
     }
     for k in &plan.vanished {
-        println!("  {} / {}: folder gone from Tapis (project kept)", k.system, k.flight);
+        println!(
+            "  {} / {}: folder gone from Tapis (project kept)",
+            k.system, k.flight
+        );
     }
     print_errors(&report.summary.errors);
 }
@@ -273,7 +286,9 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
             r.flight_name,
             r.phase,
             format!("{}/{}", r.images_uploaded, r.images_total),
-            r.project_id.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r.project_id
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             r.task_id.as_deref().unwrap_or("-"),
             r.last_error.as_deref().unwrap_or("")
         );
@@ -397,7 +412,10 @@ pub async fn flights(flag: Option<PathBuf>, systems: Vec<String>, json: bool) ->
     if json {
         print_json(&rows);
     } else {
-        println!("{:<40} {:<32} {:>7} {:>10}", "SYSTEM", "FLIGHT", "IMAGES", "SIZE");
+        println!(
+            "{:<40} {:<32} {:>7} {:>10}",
+            "SYSTEM", "FLIGHT", "IMAGES", "SIZE"
+        );
         for r in &rows {
             println!(
                 "{:<40} {:<32} {:>7} {:>10}",
@@ -453,7 +471,10 @@ pub async fn check_config(flag: Option<PathBuf>) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    println!("# {} is valid; effective config (secrets redacted):", path.display());
+    println!(
+        "# {} is valid; effective config (secrets redacted):",
+        path.display()
+    );
     println!("{}", toml::to_string(&config).expect("config serializes"));
     let mut code = EXIT_OK;
     match clients.tapis.login().await {

@@ -184,7 +184,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
         .map_err(RunError::Signals)?;
     info!(state_dir = %store.dir().display(), interval = %humantime::format_duration(config.sync.interval), "daemon started");
     while !stopping.load(Ordering::SeqCst) {
-        pass(&config, &clients, Some(&store), &PassOptions::default(), stopping.clone()).await;
+        pass(
+            &config,
+            &clients,
+            Some(&store),
+            &PassOptions::default(),
+            stopping.clone(),
+        )
+        .await;
         if stopping.load(Ordering::SeqCst) {
             break;
         }

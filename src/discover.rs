@@ -10,7 +10,7 @@ use futures_util::{stream, StreamExt};
 
 use crate::config::{LayoutConfig, TapisConfig};
 use crate::http::ApiError;
-use crate::state::{FlightKey, Fingerprint};
+use crate::state::{Fingerprint, FlightKey};
 use crate::tapis::{FileKind, System, TapisClient};
 
 /// Longest file name WebODM stores unchanged.
@@ -235,7 +235,9 @@ pub async fn discover(tapis: &TapisClient, scope: &Scope) -> Result<Desired, Api
 /// Why WebODM would store this file under another name (so it cannot be tracked), if it would.
 fn unsafe_name(name: &str) -> Option<&'static str> {
     if name.contains(['/', '\\']) {
-        Some("WebODM keeps only the part after a `/` or `\\`, so it would collide with another file")
+        Some(
+            "WebODM keeps only the part after a `/` or `\\`, so it would collide with another file",
+        )
     } else if name.chars().count() > MAX_NAME {
         Some("longer than the 255 characters WebODM keeps")
     } else if name.chars().any(char::is_control) {

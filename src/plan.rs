@@ -151,7 +151,8 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
             _ => now_ms,
         };
         let settled = now_ms.saturating_sub(listing_since_ms) >= settings.settle.as_millis() as i64;
-        let listing_changed = rec.is_none_or(|r| r.listing != fingerprint || r.vanished_ms.is_some());
+        let listing_changed =
+            rec.is_none_or(|r| r.listing != fingerprint || r.vanished_ms.is_some());
         let mut steps = Vec::new();
         match rec {
             Some(r) if r.phase == Phase::DeletedInWebodm => {
@@ -311,9 +312,19 @@ mod tests {
         let steps = &p.flights[0].steps;
         assert!(matches!(&steps[0], Step::EnsureProject { name } if name == "F1 (s)"));
         assert_eq!(steps[1], Step::EnsureTask);
-        assert!(matches!(&steps[2], Step::Upload { count: 2, bytes: 7, .. }));
+        assert!(matches!(
+            &steps[2],
+            Step::Upload {
+                count: 2,
+                bytes: 7,
+                ..
+            }
+        ));
         assert_eq!(steps[3], Step::Commit);
-        assert_eq!((p.projects(), p.tasks(), p.uploads(), p.commits()), (1, 1, (2, 7), 1));
+        assert_eq!(
+            (p.projects(), p.tasks(), p.uploads(), p.commits()),
+            (1, 1, (2, 7), 1)
+        );
     }
 
     #[test]
@@ -340,8 +351,10 @@ mod tests {
     fn settle_counts_from_when_the_listing_last_changed() {
         let f = flight("s", "F1", &[("a.jpg", 3)]);
         let mut obs = Observed::default();
-        obs.records.insert(f.key.clone(), record(&f, Phase::Uploading, 0));
-        obs.uploaded.insert(f.key.clone(), uploaded(&[("a.jpg", 3)]));
+        obs.records
+            .insert(f.key.clone(), record(&f, Phase::Uploading, 0));
+        obs.uploaded
+            .insert(f.key.clone(), uploaded(&[("a.jpg", 3)]));
         let d = desired(vec![f.clone()]);
         let early = plan(&d, &obs, 599_000, &settings(600));
         assert!(early.flights.is_empty(), "nothing to do while settling");
@@ -351,7 +364,10 @@ mod tests {
         let grown = desired(vec![flight("s", "F1", &[("a.jpg", 3), ("b.jpg", 1)])]);
         let p = plan(&grown, &obs, 600_000, &settings(600));
         assert_eq!(p.flights[0].listing_since_ms, 600_000);
-        assert!(matches!(&p.flights[0].steps[..], [Step::Upload { count: 1, .. }]));
+        assert!(matches!(
+            &p.flights[0].steps[..],
+            [Step::Upload { count: 1, .. }]
+        ));
     }
 
     #[test]
@@ -369,17 +385,28 @@ mod tests {
         assert!(p.is_noop());
         rec.change_warned = true;
         obs.records.insert(f.key.clone(), rec);
-        assert!(plan(&grown, &obs, 10, &settings(0)).flights[0].steps.is_empty());
+        assert!(plan(&grown, &obs, 10, &settings(0)).flights[0]
+            .steps
+            .is_empty());
     }
 
     #[test]
     fn changed_image_is_uploaded_again() {
         let f = flight("s", "F1", &[("a.jpg", 5)]);
         let mut obs = Observed::default();
-        obs.records.insert(f.key.clone(), record(&f, Phase::Uploading, 0));
-        obs.uploaded.insert(f.key.clone(), uploaded(&[("a.jpg", 3)]));
+        obs.records
+            .insert(f.key.clone(), record(&f, Phase::Uploading, 0));
+        obs.uploaded
+            .insert(f.key.clone(), uploaded(&[("a.jpg", 3)]));
         let p = plan(&desired(vec![f]), &obs, 10, &settings(0));
-        assert!(matches!(&p.flights[0].steps[0], Step::Upload { count: 1, bytes: 5, .. }));
+        assert!(matches!(
+            &p.flights[0].steps[0],
+            Step::Upload {
+                count: 1,
+                bytes: 5,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -418,7 +445,8 @@ mod tests {
         let other = flight("t", "Other", &[("a.jpg", 1)]);
         let mut obs = Observed::default();
         for f in [&gone, &unknown, &other] {
-            obs.records.insert(f.key.clone(), record(f, Phase::Committed, 0));
+            obs.records
+                .insert(f.key.clone(), record(f, Phase::Committed, 0));
         }
         let mut d = desired(vec![]);
         d.scanned.insert("s".into());

@@ -526,7 +526,11 @@ mod tests {
         let rec = store.flight(&key).unwrap().unwrap();
         assert_eq!(rec.project_id, Some(7));
         assert_eq!(
-            store.uploaded_images(&key).unwrap().keys().collect::<Vec<_>>(),
+            store
+                .uploaded_images(&key)
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
             vec!["IMG 1.jpg"]
         );
         assert!(store.has_intent(&key, IntentKind::CreateTask).unwrap());

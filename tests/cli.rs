@@ -119,7 +119,11 @@ async fn once_status_plan_and_lock() {
     .await
     .unwrap();
     assert!(plan.status.success(), "{}", stderr(&plan));
-    assert!(stdout(&plan).contains(&format!("Plan: {} projects", expected.flights)), "{}", stdout(&plan));
+    assert!(
+        stdout(&plan).contains(&format!("Plan: {} projects", expected.flights)),
+        "{}",
+        stdout(&plan)
+    );
 
     let once = tokio::task::spawn_blocking({
         let config = config.clone();
@@ -129,11 +133,14 @@ async fn once_status_plan_and_lock() {
     .unwrap();
     assert!(once.status.success(), "{}", stderr(&once));
     let v: Value = serde_json::from_slice(&once.stdout).unwrap();
-    assert_eq!(v["projects_created"].as_u64(), Some(expected.flights as u64));
-    assert_eq!(v["images_uploaded"].as_u64(), Some(expected.images as u64));
+    assert_eq!(v["projects_created"].as_u64(), Some(expected.flights));
+    assert_eq!(v["images_uploaded"].as_u64(), Some(expected.images));
     let secrets = ["tapis-secret", "webodm-secret", "sim-client-key"];
     for s in secrets {
-        assert!(!stderr(&once).contains(s) && !stdout(&once).contains(s), "secret {s} leaked");
+        assert!(
+            !stderr(&once).contains(s) && !stdout(&once).contains(s),
+            "secret {s} leaked"
+        );
     }
 
     let status = tokio::task::spawn_blocking({
@@ -144,7 +151,7 @@ async fn once_status_plan_and_lock() {
     .unwrap();
     assert!(status.status.success(), "{}", stderr(&status));
     let rows: Vec<Value> = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(rows.len() as u64, expected.flights as u64);
+    assert_eq!(rows.len() as u64, expected.flights);
     assert!(rows.iter().all(|r| r["phase"] == "committed"));
 
     // A second process on the same state dir is refused with 75, naming the holder.
@@ -188,11 +195,14 @@ async fn sim_prints_its_url_first_and_writes_a_config() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Keep reading end open: the simulator goes on printing after its first line.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let url = first.trim().strip_prefix("SIM ").expect("first line is `SIM <url>`");
+    out.read_line(&mut first).unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("SIM ")
+        .expect("first line is `SIM <url>`");
     assert!(url.starts_with("http://127.0.0.1:"), "{first}");
     let written = std::fs::read_to_string(&cfg).unwrap();
     assert!(written.contains(url), "{written}");
@@ -205,6 +215,8 @@ async fn sim_prints_its_url_first_and_writes_a_config() {
     assert!(report["expected"]["flights"].as_u64().unwrap() >= 1);
     let o = run(&["--config", cfg.to_str().unwrap(), "check-config"]);
     let _ = child.kill();
+    let _ = child.wait();
+    drop(out);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("Tapis login: ok"));
     assert!(!stdout(&o).contains("tapis-secret"));

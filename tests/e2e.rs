@@ -85,24 +85,33 @@ fn assert_synced_exactly(sim: &Sim) {
     for flight in &expected {
         let key = FlightKey::new(flight.system_id.clone(), flight.flight.clone());
         let tag = naming::key_tag(&key);
-        let mine: Vec<_> = projects
-            .iter()
-            .filter(|p| p.tags.contains(&tag))
-            .collect();
+        let mine: Vec<_> = projects.iter().filter(|p| p.tags.contains(&tag)).collect();
         assert_eq!(mine.len(), 1, "exactly one project for {key}");
         let p = mine[0];
-        assert_eq!(p.name, format!("{} ({})", flight.flight.trim(), flight.system_id));
+        assert_eq!(
+            p.name,
+            format!("{} ({})", flight.flight.trim(), flight.system_id)
+        );
         assert_eq!(p.tags, naming::tags(&key));
         let lines: Vec<&str> = p.description.lines().collect();
-        assert_eq!(lines[0], format!("Auto-created from Tapis system {}", flight.system_id));
+        assert_eq!(
+            lines[0],
+            format!("Auto-created from Tapis system {}", flight.system_id)
+        );
         assert_eq!(lines[1], format!("Flight: {}", flight.flight));
-        assert_eq!(lines[2], format!("Images path: {}/code/images", flight.flight));
+        assert_eq!(
+            lines[2],
+            format!("Images path: {}/code/images", flight.flight)
+        );
         assert_eq!(lines[3], format!("Image count: {}", flight.images.len()));
         assert!(lines[4].starts_with("Discovered: 20"), "{}", lines[4]);
         assert_eq!(p.tasks.len(), 1, "exactly one task for {key}");
         let t = &p.tasks[0];
         assert!(!t.partial, "task of {key} committed");
-        assert_eq!(t.name, format!("Flight {}", flight.flight.trim()));
+        assert_eq!(
+            t.name.as_deref(),
+            Some(format!("Flight {}", flight.flight.trim()).as_str())
+        );
         let want: BTreeMap<String, (u64, String)> = flight
             .images
             .iter()
@@ -110,7 +119,11 @@ fn assert_synced_exactly(sim: &Sim) {
             .collect();
         assert_eq!(t.images, want, "images of {key} byte for byte");
     }
-    assert_eq!(sim.stats().leaked_credentials, 0, "no credential sent to the wrong service");
+    assert_eq!(
+        sim.stats().leaked_credentials,
+        0,
+        "no credential sent to the wrong service"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,11 +132,11 @@ async fn first_pass_syncs_everything_and_second_does_nothing() {
     let first = rig.pass().await;
     assert_no_errors(&first);
     let expected = rig.sim.dataset().expected();
-    assert_eq!(first.flights_discovered as u64, expected.flights as u64);
-    assert_eq!(first.projects_created as u64, expected.flights as u64);
-    assert_eq!(first.tasks_committed as u64, expected.flights as u64);
-    assert_eq!(first.images_uploaded as u64, expected.images as u64);
-    assert_eq!(first.bytes_uploaded, expected.bytes as u64);
+    assert_eq!(first.flights_discovered as u64, expected.flights);
+    assert_eq!(first.projects_created as u64, expected.flights);
+    assert_eq!(first.tasks_committed as u64, expected.flights);
+    assert_eq!(first.images_uploaded as u64, expected.images);
+    assert_eq!(first.bytes_uploaded, expected.bytes);
     assert_eq!(first.created_projects.len(), first.projects_created);
     assert_synced_exactly(&rig.sim);
 
@@ -153,7 +166,8 @@ async fn pages_past_100_systems_and_1000_images() {
         big_flight_images: Some(1_005),
         decoys: false,
     };
-    let rig = Rig::new(&spec).await;
+    let mut rig = Rig::new(&spec).await;
+    rig.config.sync.max_new_projects_per_pass = 500;
     let s = rig.pass().await;
     assert_no_errors(&s);
     assert!(s.systems_scanned >= 105, "{}", s.systems_scanned);
@@ -183,14 +197,20 @@ async fn dry_run_changes_nothing_and_predicts_the_pass() {
         )
         .await;
     assert_no_errors(&dry.summary);
-    assert!(rig.sim.webodm_projects().is_empty(), "dry run created nothing");
+    assert!(
+        rig.sim.webodm_projects().is_empty(),
+        "dry run created nothing"
+    );
     assert_eq!(dry.summary.projects_created, 0);
     let plan = &dry.plan;
     let real = rig.pass().await;
     assert_no_errors(&real);
     assert_eq!(plan.projects(), real.projects_created);
     assert_eq!(plan.tasks(), real.tasks_created);
-    assert_eq!(plan.uploads(), (real.images_uploaded as usize, real.bytes_uploaded));
+    assert_eq!(
+        plan.uploads(),
+        (real.images_uploaded as usize, real.bytes_uploaded)
+    );
     assert_eq!(plan.commits(), real.tasks_committed);
     // After the pass, a dry run plans nothing.
     let after = rig
@@ -203,6 +223,24 @@ async fn dry_run_changes_nothing_and_predicts_the_pass() {
         )
         .await;
     assert!(after.plan.is_noop(), "{:?}", after.plan);
+    rig.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_projects_are_capped_per_pass_and_the_rest_follow() {
+    let mut rig = Rig::new(&small_spec()).await;
+    rig.config.sync.max_new_projects_per_pass = 2;
+    let flights = rig.sim.dataset().expected().flights as usize;
+    assert!(flights > 2);
+    let mut created = 0;
+    for _ in 0..flights {
+        let s = rig.pass().await;
+        assert_no_errors(&s);
+        assert!(s.projects_created <= 2);
+        created += s.projects_created;
+    }
+    assert_eq!(created, flights);
+    assert_synced_exactly(&rig.sim);
     rig.sim.shutdown().await;
 }
 
@@ -239,7 +277,10 @@ async fn unsettled_flights_upload_but_wait_to_commit() {
     let s = rig.pass().await;
     assert_no_errors(&s);
     assert_eq!(s.tasks_committed, 0);
-    assert_eq!(s.images_uploaded as u64, rig.sim.dataset().expected().images as u64);
+    assert_eq!(
+        s.images_uploaded as u64,
+        rig.sim.dataset().expected().images
+    );
     assert!(rig
         .sim
         .webodm_projects()
@@ -248,7 +289,10 @@ async fn unsettled_flights_upload_but_wait_to_commit() {
     rig.config.sync.settle = std::time::Duration::ZERO;
     let s = rig.pass().await;
     assert_eq!(s.images_uploaded, 0, "nothing uploaded twice");
-    assert_eq!(s.tasks_committed as u64, rig.sim.dataset().expected().flights as u64);
+    assert_eq!(
+        s.tasks_committed as u64,
+        rig.sim.dataset().expected().flights
+    );
     assert_synced_exactly(&rig.sim);
     rig.sim.shutdown().await;
 }
@@ -264,7 +308,10 @@ async fn wiped_state_adopts_instead_of_duplicating() {
     rig.wipe_state();
     let resumed = rig.pass().await;
     assert_no_errors(&resumed);
-    assert_eq!(resumed.projects_created, 0, "projects adopted, not recreated");
+    assert_eq!(
+        resumed.projects_created, 0,
+        "projects adopted, not recreated"
+    );
     assert_eq!(resumed.tasks_created, 0, "tasks adopted, not recreated");
     assert_synced_exactly(&rig.sim);
     // After a full sync, a wiped state re-uploads nothing.
@@ -272,7 +319,11 @@ async fn wiped_state_adopts_instead_of_duplicating() {
     let again = rig.pass().await;
     assert_no_errors(&again);
     assert_eq!(
-        (again.projects_created, again.tasks_created, again.images_uploaded),
+        (
+            again.projects_created,
+            again.tasks_created,
+            again.images_uploaded
+        ),
         (0, 0, 0)
     );
     assert_synced_exactly(&rig.sim);
