@@ -169,6 +169,10 @@ impl Engine<'_> {
         for o in outcomes {
             summary.absorb(o);
         }
+        summary
+            .created_projects
+            .sort_by(|a, b| (&a.system_id, &a.flight_name).cmp(&(&b.system_id, &b.flight_name)));
+        summary.errors.sort();
         for key in &plan.vanished {
             if let Err(e) = self.mark_vanished(key).await {
                 summary.errors.push(format!("{key}: {e}"));

@@ -112,7 +112,9 @@ pub async fn pass(
                     store,
                     config,
                     stopping,
-                    progress: crate::telemetry::transfer_progress(),
+                    progress: (plan.uploads().0 > 0)
+                        .then(crate::telemetry::transfer_progress)
+                        .flatten(),
                 };
                 let applied = engine.apply(&plan).await;
                 summary.projects_created = applied.projects_created;
