@@ -140,6 +140,8 @@ pub struct Engine<'a> {
     pub stopping: Arc<AtomicBool>,
     /// Transfer progress, when stdout is a terminal.
     pub progress: Option<indicatif::ProgressBar>,
+    /// Retries of creates, commits and transfers.
+    pub policy: RetryPolicy,
 }
 
 #[derive(Default)]
@@ -273,6 +275,23 @@ impl Engine<'_> {
                 out.bytes_uploaded += bytes;
             }
             Step::Commit => out.committed = self.commit(fp, rec).await?,
+            Step::ReplaceVanishedTask { task } => {
+                warn!(system = %rec.key.system, flight = %rec.key.flight, task = %task,
+                      "partial task vanished from WebODM (deleted after 72 h uncommitted?); creating a new one and uploading every image again");
+                self.store.clear_images(&rec.key)?;
+                rec.task_id = None;
+                rec.images_uploaded = 0;
+                rec.phase = Phase::ProjectCreated;
+                self.store.put_flight(rec).await?;
+            }
+            Step::MarkDeleted { what } => {
+                warn!(system = %rec.key.system, flight = %rec.key.flight,
+                      "{what} was deleted in WebODM; not recreating it until `tapis-webodm-sync forget {} {}` is run", rec.key.system, rec.key.flight);
+                rec.phase = Phase::DeletedInWebodm;
+                rec.last_error = Some(format!(
+                    "{what} was deleted in WebODM; run `forget` to sync this flight again"
+                ));
+            }
             Step::WarnChangedAfterCommit => {
                 warn!(system = %rec.key.system, flight = %rec.key.flight,
                       "images changed on Tapis after the task was committed; WebODM keeps the committed set");
@@ -282,7 +301,9 @@ impl Engine<'_> {
         Ok(())
     }
 
-    /// Finds the flight's project (exact name + key tag) or creates it.
+    /// Finds the flight's project (exact name + key tag) or creates it. Every attempt looks up
+    /// first, so a create that happened but whose answer was lost (502, reset, crash) is
+    /// adopted instead of repeated.
     async fn ensure_project(
         &self,
         fp: &FlightPlan,
@@ -291,22 +312,8 @@ impl Engine<'_> {
         let key = rec.key.clone();
         let name = naming::project_name(&key);
         let tag = naming::key_tag(&key);
-        let found = self
-            .webodm
-            .find_projects(&name)
-            .await
-            .map_err(api("looking up the project"))?;
-        if let Some(p) = pick_project(found, &tag) {
-            info!(system = %key.system, flight = %key.flight, project = p.id, "adopted existing project");
-            self.adopt_project(rec, p.id, p.name).await?;
-            rec.verify_uploads = true;
-            self.store
-                .close_intent(&key, IntentKind::CreateProject)
-                .await?;
-            return Ok(None);
-        }
         let new = NewProject {
-            name,
+            name: name.clone(),
             description: naming::description(
                 &key,
                 &fp.flight.images_path,
@@ -318,92 +325,102 @@ impl Engine<'_> {
         self.store
             .open_intent(&key, IntentKind::CreateProject)
             .await?;
-        let p = self
-            .webodm
-            .create_project(&new)
+        let attempted = AtomicBool::new(false);
+        let (project, created) = self
+            .policy
+            .run(&format!("{key}: project"), || async {
+                let found = self.webodm.find_projects(&name).await?;
+                if let Some(p) = pick_project(found, &tag) {
+                    return Ok((p, attempted.load(Ordering::SeqCst)));
+                }
+                attempted.store(true, Ordering::SeqCst);
+                Ok((self.webodm.create_project(&new).await?, true))
+            })
             .await
             .map_err(api("creating the project"))?;
-        info!(system = %key.system, flight = %key.flight, project = p.id, name = %p.name, "created project");
-        self.adopt_project(rec, p.id, p.name.clone()).await?;
+        if created {
+            info!(system = %key.system, flight = %key.flight, project = project.id, name = %project.name, "created project");
+        } else {
+            info!(system = %key.system, flight = %key.flight, project = project.id, "adopted existing project");
+            // WebODM may hold a task and images this store does not know about.
+            rec.verify_uploads = true;
+        }
+        rec.project_id = Some(project.id);
+        rec.project_name = Some(project.name.clone());
+        rec.task_id = None;
+        rec.phase = Phase::ProjectCreated;
+        self.store.put_flight(rec).await?;
         self.store
             .close_intent(&key, IntentKind::CreateProject)
             .await?;
-        Ok(Some(CreatedProject {
-            project_id: p.id,
-            project_name: p.name,
+        Ok(created.then(|| CreatedProject {
+            project_id: project.id,
+            project_name: project.name,
             flight_name: key.flight.clone(),
             system_id: key.system.clone(),
             image_count: fp.flight.images.len() as u64,
         }))
     }
 
-    async fn adopt_project(
-        &self,
-        rec: &mut FlightRecord,
-        id: i64,
-        name: String,
-    ) -> Result<(), StepError> {
-        rec.project_id = Some(id);
-        rec.project_name = Some(name);
-        rec.task_id = None;
-        rec.phase = Phase::ProjectCreated;
-        self.store.put_flight(rec).await?;
-        Ok(())
-    }
-
-    /// Finds the flight's task (when the project was adopted or a create may have happened)
-    /// or creates it; returns whether it created one.
+    /// Finds the flight's task or creates it; returns whether it created one. The project's
+    /// tasks are looked up first when the project was adopted, when an earlier create may have
+    /// happened (open intent), and before every retry.
     async fn ensure_task(&self, rec: &mut FlightRecord) -> Result<bool, StepError> {
         let key = rec.key.clone();
         let project = rec.project_id.expect("EnsureTask follows EnsureProject");
-        if rec.verify_uploads || self.store.has_intent(&key, IntentKind::CreateTask)? {
-            let tasks = self.webodm.list_tasks(project).await.map_err(|e| {
-                if e.is_not_found() {
-                    StepError::Deleted(format!("project {project}"))
-                } else {
-                    api("looking up the task")(e)
-                }
-            })?;
-            if let Some(t) = pick_task(tasks, &naming::key_tag(&key), &naming::task_name(&key)) {
-                info!(system = %key.system, flight = %key.flight, task = %t.id, partial = t.partial, "adopted existing task");
-                rec.task_id = Some(t.id);
-                rec.verify_uploads = true;
-                rec.phase = if t.partial {
-                    Phase::TaskCreated
-                } else {
-                    rec.committed_listing = Some(rec.listing);
-                    Phase::Committed
-                };
-                self.store.put_flight(rec).await?;
-                self.store
-                    .close_intent(&key, IntentKind::CreateTask)
-                    .await?;
-                return Ok(false);
-            }
-        }
+        let tag = naming::key_tag(&key);
+        let name = naming::task_name(&key);
+        let look_first =
+            rec.verify_uploads || self.store.has_intent(&key, IntentKind::CreateTask)?;
         let new = NewTask {
-            name: naming::task_name(&key),
+            name: name.clone(),
             options: self.config.webodm.task_options.clone(),
             tags: naming::tags(&key),
         };
         self.store.open_intent(&key, IntentKind::CreateTask).await?;
-        let t = self.webodm.create_task(project, &new).await.map_err(|e| {
-            if e.is_not_found() {
-                StepError::Deleted(format!("project {project}"))
+        let attempted = AtomicBool::new(false);
+        let (task, created) = self
+            .policy
+            .run(&format!("{key}: task"), || async {
+                let tried = attempted.load(Ordering::SeqCst);
+                if look_first || tried {
+                    let tasks = self.webodm.list_tasks(project).await?;
+                    if let Some(t) = pick_task(tasks, &tag, &name) {
+                        return Ok((t, tried));
+                    }
+                }
+                attempted.store(true, Ordering::SeqCst);
+                Ok((self.webodm.create_task(project, &new).await?, true))
+            })
+            .await
+            .map_err(|e| {
+                if e.is_not_found() {
+                    StepError::Deleted(format!("project {project}"))
+                } else {
+                    api("creating the task")(e)
+                }
+            })?;
+        if created {
+            info!(system = %key.system, flight = %key.flight, task = %task.id, "created task");
+            self.store.clear_images(&key)?;
+            rec.images_uploaded = 0;
+            rec.phase = Phase::TaskCreated;
+        } else {
+            info!(system = %key.system, flight = %key.flight, task = %task.id, partial = task.partial, "adopted existing task");
+            rec.verify_uploads = true;
+            rec.phase = if task.partial {
+                Phase::TaskCreated
             } else {
-                api("creating the task")(e)
-            }
-        })?;
-        info!(system = %key.system, flight = %key.flight, task = %t.id, "created task");
-        self.store.clear_images(&key)?;
-        rec.task_id = Some(t.id);
-        rec.images_uploaded = 0;
-        rec.phase = Phase::TaskCreated;
+                rec.committed_listing = Some(rec.listing);
+                Phase::Committed
+            };
+        }
+        rec.task_id = Some(task.id);
         self.store.put_flight(rec).await?;
         self.store
             .close_intent(&key, IntentKind::CreateTask)
             .await?;
-        Ok(true)
+        Ok(created)
     }
 
     /// Streams the images into the task, up to `max_concurrent_uploads` at once across all
@@ -507,7 +524,8 @@ impl Engine<'_> {
                 .await
         };
         let what = format!("{key}: image {}", img.name);
-        let stored = RetryPolicy::new(&self.config.retry)
+        let stored = self
+            .policy
             .run(&what, attempt)
             .await
             .map_err(api(format!("uploading image {}", img.name)))?;
@@ -535,7 +553,8 @@ impl Engine<'_> {
     }
 
     /// Commits the task once every listed image is confirmed; returns whether this call
-    /// committed it.
+    /// committed it. Before a retry (or with an open intent) the task is read: a commit whose
+    /// answer was lost is not sent again once the task is no longer partial.
     async fn commit(&self, fp: &FlightPlan, rec: &mut FlightRecord) -> Result<bool, StepError> {
         if rec.phase == Phase::Committed {
             return Ok(false);
@@ -547,37 +566,35 @@ impl Engine<'_> {
         let key = rec.key.clone();
         let project = rec.project_id.expect("Commit follows EnsureProject");
         let task = rec.task_id.clone().expect("Commit follows EnsureTask");
-        let already = if self.store.has_intent(&key, IntentKind::Commit)? {
-            !self.get_task(project, &task).await?.partial
-        } else {
-            false
-        };
-        if !already {
-            self.store.open_intent(&key, IntentKind::Commit).await?;
-            if let Err(e) = self.webodm.commit_task(project, &task).await {
-                // The commit may have happened: only the task's state can tell.
-                if self.get_task(project, &task).await?.partial {
-                    return Err(api("committing the task")(e));
+        let look_first = self.store.has_intent(&key, IntentKind::Commit)?;
+        self.store.open_intent(&key, IntentKind::Commit).await?;
+        let attempted = AtomicBool::new(false);
+        let committed_now = self
+            .policy
+            .run(&format!("{key}: commit"), || async {
+                let tried = attempted.load(Ordering::SeqCst);
+                if (look_first || tried) && !self.webodm.get_task(project, &task).await?.partial {
+                    return Ok(tried);
                 }
-            }
-        }
+                attempted.store(true, Ordering::SeqCst);
+                self.webodm.commit_task(project, &task).await?;
+                Ok(true)
+            })
+            .await
+            .map_err(|e| {
+                if e.is_not_found() {
+                    StepError::Deleted(format!("task {task}"))
+                } else {
+                    api("committing the task")(e)
+                }
+            })?;
         info!(system = %key.system, flight = %key.flight, task = %task, images = rec.images_total, "committed task for processing");
         rec.phase = Phase::Committed;
         rec.committed_listing = Some(rec.listing);
         rec.change_warned = false;
         self.store.put_flight(rec).await?;
         self.store.close_intent(&key, IntentKind::Commit).await?;
-        Ok(!already)
-    }
-
-    async fn get_task(&self, project: i64, task: &str) -> Result<Task, StepError> {
-        self.webodm.get_task(project, task).await.map_err(|e| {
-            if e.is_not_found() {
-                StepError::Deleted(format!("task {task}"))
-            } else {
-                api("reading the task")(e)
-            }
-        })
+        Ok(committed_now)
     }
 }
 

@@ -145,6 +145,8 @@ fn describe(step: &Step) -> String {
         }
         Step::Commit => "commit".into(),
         Step::WarnChangedAfterCommit => "warn: images changed after commit".into(),
+        Step::ReplaceVanishedTask { task } => format!("replace vanished partial task {task}"),
+        Step::MarkDeleted { what } => format!("mark deleted in WebODM ({what})"),
     }
 }
 

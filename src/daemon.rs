@@ -2,6 +2,7 @@
 //! SIGUSR1, reloads the config on SIGHUP, and stops cleanly on SIGTERM/SIGINT after the images
 //! in flight (a second signal exits at once; every record is already flushed).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,6 +73,23 @@ pub fn observed(store: &Store) -> Result<Observed, StateError> {
     Ok(obs)
 }
 
+/// Every project WebODM shows with its task ids, for drift checks; `None` (drift unchecked
+/// this pass) when the listing fails.
+async fn webodm_view(webodm: &WebodmClient) -> Option<BTreeMap<i64, BTreeSet<String>>> {
+    match webodm.list_projects().await {
+        Ok(projects) => Some(
+            projects
+                .into_iter()
+                .map(|p| (p.id, p.tasks.into_iter().collect()))
+                .collect(),
+        ),
+        Err(e) => {
+            warn!(error = %e, "listing WebODM projects failed; deleted projects and tasks are not detected this pass");
+            None
+        }
+    }
+}
+
 /// One pass. `store` is `None` for a dry run on a state dir that does not exist yet.
 pub async fn pass(
     config: &Config,
@@ -93,13 +111,16 @@ pub async fn pass(
             summary.systems_scanned = desired.scanned.len();
             summary.flights_discovered = desired.flights.len();
             summary.errors.extend(desired.errors.iter().cloned());
-            let obs = match store.map(observed).transpose() {
+            let mut obs = match store.map(observed).transpose() {
                 Ok(o) => o.unwrap_or_default(),
                 Err(e) => {
                     summary.errors.push(format!("reading the state store: {e}"));
                     return finish(summary, plan, clients, started, (t0, w0));
                 }
             };
+            if obs.records.values().any(|r| r.project_id.is_some()) {
+                obs.webodm = webodm_view(&clients.webodm).await;
+            }
             let settings = Settings {
                 settle: config.sync.settle,
                 max_new_projects: config.sync.max_new_projects_per_pass,
@@ -112,6 +133,7 @@ pub async fn pass(
                     store,
                     config,
                     stopping,
+                    policy: crate::http::RetryPolicy::new(&config.retry),
                     progress: (plan.uploads().0 > 0)
                         .then(crate::telemetry::transfer_progress)
                         .flatten(),

@@ -4,7 +4,7 @@
 //! object); [`retry_delay`] is the matching error policy. A new flight with `settle = 0` is
 //! created, uploaded and committed in one pass; the pass after that has nothing to do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -29,6 +29,9 @@ pub struct Observed {
     pub records: BTreeMap<FlightKey, FlightRecord>,
     /// Confirmed images of every flight not yet committed.
     pub uploaded: BTreeMap<FlightKey, BTreeMap<String, UploadedImage>>,
+    /// What WebODM holds now: project id → its task ids (`None` when it could not be listed;
+    /// drift is then not checked this pass).
+    pub webodm: Option<BTreeMap<i64, BTreeSet<String>>>,
 }
 
 /// One thing to do for a flight, in order.
@@ -56,6 +59,17 @@ pub enum Step {
     Commit,
     /// Report that images changed after commit.
     WarnChangedAfterCommit,
+    /// The flight's partial task vanished from WebODM (it deletes uncommitted partial tasks
+    /// after 72 h): forget it and its images, then create a new one.
+    ReplaceVanishedTask {
+        /// The vanished task.
+        task: String,
+    },
+    /// A person deleted the project or the committed task: record it, recreate nothing.
+    MarkDeleted {
+        /// What was deleted.
+        what: String,
+    },
 }
 
 /// Everything to do for one flight this pass.
@@ -123,7 +137,7 @@ impl Plan {
     /// Whether the plan changes anything in WebODM.
     pub fn is_noop(&self) -> bool {
         self.steps()
-            .all(|s| matches!(s, Step::WarnChangedAfterCommit))
+            .all(|s| matches!(s, Step::WarnChangedAfterCommit | Step::MarkDeleted { .. }))
     }
     fn steps(&self) -> impl Iterator<Item = &Step> {
         self.flights.iter().flat_map(|f| f.steps.iter())
@@ -154,6 +168,25 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
         let listing_changed =
             rec.is_none_or(|r| r.listing != fingerprint || r.vanished_ms.is_some());
         let mut steps = Vec::new();
+        let mut task_vanished = false;
+        match rec.and_then(|r| drift(r, observed.webodm.as_ref())) {
+            Some(Drift::Deleted(what)) => {
+                out.flights.push(FlightPlan {
+                    flight: flight.clone(),
+                    system_id: key.system.clone(),
+                    flight_name: key.flight.clone(),
+                    listing_since_ms,
+                    settled,
+                    steps: vec![Step::MarkDeleted { what }],
+                });
+                continue;
+            }
+            Some(Drift::TaskVanished(task)) => {
+                task_vanished = true;
+                steps.push(Step::ReplaceVanishedTask { task });
+            }
+            None => {}
+        }
         match rec {
             Some(r) if r.phase == Phase::DeletedInWebodm => {
                 out.waiting.push(wait(
@@ -186,10 +219,10 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
                         name: crate::naming::project_name(key),
                     });
                 }
-                if rec.is_none_or(|r| r.task_id.is_none()) {
+                if task_vanished || rec.is_none_or(|r| r.task_id.is_none()) {
                     steps.push(Step::EnsureTask);
                 }
-                let done = observed.uploaded.get(key);
+                let done = observed.uploaded.get(key).filter(|_| !task_vanished);
                 let images: Vec<Image> = flight
                     .images
                     .iter()
@@ -243,6 +276,35 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
         .map(|r| r.key.clone())
         .collect();
     out
+}
+
+/// What changed in WebODM behind the daemon's back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Drift {
+    /// A person deleted the project or the committed task.
+    Deleted(String),
+    /// The partial task is gone (WebODM's 72 h cleanup, or a person).
+    TaskVanished(String),
+}
+
+/// Compares a record with what WebODM holds now.
+fn drift(rec: &FlightRecord, webodm: Option<&BTreeMap<i64, BTreeSet<String>>>) -> Option<Drift> {
+    let projects = webodm?;
+    if rec.phase == Phase::DeletedInWebodm {
+        return None;
+    }
+    let project = rec.project_id?;
+    let Some(tasks) = projects.get(&project) else {
+        return Some(Drift::Deleted(format!("project {project}")));
+    };
+    let task = rec.task_id.as_ref()?;
+    if tasks.contains(task) {
+        None
+    } else if rec.phase == Phase::Committed {
+        Some(Drift::Deleted(format!("committed task {task}")))
+    } else {
+        Some(Drift::TaskVanished(task.clone()))
+    }
 }
 
 /// The error policy: how long a flight waits after `failures` consecutive failed passes

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -264,7 +265,19 @@ pub struct Store {
     flights: sled::Tree,
     images: sled::Tree,
     intents: sled::Tree,
+    flushes: Flushes,
     _lock: File,
+}
+
+/// Group-commit bookkeeping for [`Store::flush`].
+#[derive(Default)]
+struct Flushes {
+    /// One flush at a time.
+    turn: tokio::sync::Mutex<()>,
+    /// Flush requests so far (each after its write).
+    written: AtomicU64,
+    /// Requests known to be on disk.
+    durable: AtomicU64,
 }
 
 impl Store {
@@ -305,6 +318,7 @@ impl Store {
             flights: db.open_tree("flights")?,
             images: db.open_tree("images")?,
             intents: db.open_tree("intents")?,
+            flushes: Flushes::default(),
             db,
             _lock: lock,
         })
@@ -428,8 +442,26 @@ impl Store {
     }
 
     /// Flushes everything written so far to disk.
+    ///
+    /// sled 0.34's `flush_async` deadlocks when many run at once (they occupy every thread of
+    /// sled's I/O pool while waiting for writes that need a thread of that pool), so flushes
+    /// are serialized and run with the blocking `flush` on tokio's blocking pool. They are also
+    /// grouped: a caller whose write was covered by a flush that started after it returns at once.
     pub async fn flush(&self) -> Result<(), StateError> {
-        self.db.flush_async().await?;
+        let mine = self.flushes.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.flushes.turn.lock().await;
+        if self.flushes.durable.load(Ordering::SeqCst) >= mine {
+            return Ok(());
+        }
+        let covers = self.flushes.written.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StateError::Io {
+                dir: self.dir.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        self.flushes.durable.fetch_max(covers, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -542,6 +574,28 @@ mod tests {
         assert!(store.flight(&key).unwrap().is_none());
         assert!(store.uploaded_images(&key).unwrap().is_empty());
         assert!(store.intents().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_flushes_complete() {
+        // sled's own flush_async deadlocks under this load; Store::flush must not.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = FlightKey::new("s", "f");
+        let img = UploadedImage {
+            size: 1,
+            last_modified: String::new(),
+        };
+        let writes = (0..256).map(|i| {
+            let (store, key, img) = (&store, &key, &img);
+            async move { store.mark_uploaded(key, &format!("{i}.jpg"), img).await }
+        });
+        let all = futures_util::future::try_join_all(writes);
+        tokio::time::timeout(std::time::Duration::from_secs(120), all)
+            .await
+            .expect("flushes finish")
+            .unwrap();
+        assert_eq!(store.uploaded_images(&key).unwrap().len(), 256);
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Project {
     /// Tags (a missing or null value reads as none).
     #[serde(default, deserialize_with = "lenient_tags")]
     pub tags: Vec<String>,
+    /// Ids of its tasks.
+    #[serde(default)]
+    pub tasks: Vec<String>,
 }
 
 /// A WebODM task.
@@ -180,6 +183,14 @@ impl WebodmClient {
     /// Logs in now (other calls log in lazily): checks the credentials.
     pub async fn login(&self) -> Result<(), ApiError> {
         self.token().await.map(drop)
+    }
+
+    /// Every project the account can see (one request: WebODM answers a plain array unless
+    /// `?page=` is given), each with its task ids.
+    pub async fn list_projects(&self) -> Result<Vec<Project>, ApiError> {
+        let url = self.url(&["api", "projects"]);
+        self.read(|| self.inner.svc.request(Method::GET, url.clone()))
+            .await
     }
 
     /// Projects named exactly `name` (WebODM trims the filter's outer whitespace).

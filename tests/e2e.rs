@@ -329,3 +329,58 @@ async fn wiped_state_adopts_instead_of_duplicating() {
     assert_synced_exactly(&rig.sim);
     rig.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_partial_task_is_recreated_deleted_committed_task_is_not() {
+    let mut rig = Rig::new(&small_spec()).await;
+    let flights = rig.sim.dataset().expected().flights as usize;
+    // Long settle: every task stays partial after the first pass.
+    rig.config.sync.settle = std::time::Duration::from_secs(3600);
+    assert_no_errors(&rig.pass().await);
+    // WebODM deletes partial tasks that stay uncommitted for 72 h.
+    for p in rig.sim.webodm_projects() {
+        for t in p.tasks.iter().filter(|t| t.partial) {
+            assert!(rig.sim.delete_task(p.id, &t.id));
+        }
+    }
+    rig.config.sync.settle = std::time::Duration::ZERO;
+    let s = rig.pass().await;
+    assert_no_errors(&s);
+    assert_eq!(s.projects_created, 0);
+    assert_eq!(
+        s.tasks_created, flights,
+        "each vanished partial task is recreated"
+    );
+    assert_eq!(s.images_uploaded, rig.sim.dataset().expected().images);
+    assert_synced_exactly(&rig.sim);
+
+    // A person deletes one committed task: it is not recreated until `forget`.
+    let victim = rig.sim.webodm_projects()[0].clone();
+    assert!(rig.sim.delete_task(victim.id, &victim.tasks[0].id));
+    let s = rig.pass().await;
+    assert_no_errors(&s);
+    assert_eq!(
+        (s.projects_created, s.tasks_created, s.images_uploaded),
+        (0, 0, 0)
+    );
+    let store = Store::open(&rig.config.sync.state_dir).unwrap();
+    let deleted: Vec<_> = store
+        .flights()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.shown_phase() == "deleted_in_webodm")
+        .collect();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0].project_id, Some(victim.id));
+    assert!(store.forget(&deleted[0].key).await.unwrap());
+    drop(store);
+    let s = rig.pass().await;
+    assert_no_errors(&s);
+    assert_eq!(
+        s.projects_created, 0,
+        "the project still exists and is adopted"
+    );
+    assert_eq!(s.tasks_created, 1);
+    assert_synced_exactly(&rig.sim);
+    rig.sim.shutdown().await;
+}
