@@ -198,6 +198,9 @@ impl Engine<'_> {
     async fn reconcile(&self, fp: &FlightPlan, uploads: Arc<Semaphore>) -> FlightOutcome {
         let key = &fp.flight.key;
         let mut out = FlightOutcome::default();
+        if self.stopping.load(Ordering::SeqCst) {
+            return out; // shutting down: start nothing new
+        }
         let mut rec = match self.store.flight(key) {
             Ok(r) => r.unwrap_or_else(|| FlightRecord::new(key.clone(), now_ms())),
             Err(e) => {
@@ -491,6 +494,7 @@ impl Engine<'_> {
         let attempt = || async {
             let body = self.tapis.download(&key.system, &img.path).await?;
             let body = crate::http::verify_length(body, img.size, img.path.clone());
+            let body: crate::http::ByteStream = Box::pin(body.inspect(|_| crate::metrics::beat()));
             let body = match &self.progress {
                 Some(bar) => {
                     let bar = bar.clone();
@@ -519,6 +523,7 @@ impl Engine<'_> {
             });
         }
         self.store.mark_uploaded(key, &img.name, &record).await?;
+        crate::metrics::image_uploaded(stored);
         Ok(Some(stored))
     }
 
