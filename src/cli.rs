@@ -83,7 +83,7 @@ pub async fn run(flag: Option<PathBuf>) -> u8 {
             eprintln!("error: {e}");
             match e {
                 daemon::RunError::State(StateError::Locked { .. }) => EXIT_LOCKED,
-                daemon::RunError::Client(_) => EXIT_CONFIG,
+                daemon::RunError::Client(_) | daemon::RunError::Admin(_) => EXIT_CONFIG,
                 _ => EXIT_ERRORS,
             }
         }
