@@ -202,3 +202,41 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
             .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_503_when_passes_are_late_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared {
+            store: Arc::new(Store::open(dir.path()).unwrap()),
+            interval: Mutex::new(Duration::from_secs(60)),
+            started_ms: now_ms() - 10 * 60 * 1000,
+            last_pass: Mutex::new(None),
+            stall_limit: Mutex::new(Duration::from_secs(1)),
+        };
+        // No pass finished in this process and none running: late after 2 × 60 s + 60 s.
+        let (ok, why) = health(&shared);
+        assert!(!ok, "{why}");
+        assert!(why.starts_with("late: no pass finished for 10m"), "{why}");
+        assert!(why.contains("no pass is running"), "{why}");
+        // Recently started: on schedule.
+        let fresh = Shared {
+            started_ms: now_ms(),
+            ..shared
+        };
+        let (ok, why) = health(&fresh);
+        assert!(ok, "{why}");
+    }
+
+    #[test]
+    fn only_loopback_listen_addresses() {
+        assert!(check_listen("127.0.0.1:9464".parse().unwrap()).is_ok());
+        assert!(check_listen("[::1]:9464".parse().unwrap()).is_ok());
+        let e = check_listen("0.0.0.0:9464".parse().unwrap()).unwrap_err();
+        assert!(e.contains("not a loopback address"), "{e}");
+        assert!(check_listen("192.168.1.5:9464".parse().unwrap()).is_err());
+    }
+}

@@ -198,9 +198,6 @@ impl Engine<'_> {
     async fn reconcile(&self, fp: &FlightPlan, uploads: Arc<Semaphore>) -> FlightOutcome {
         let key = &fp.flight.key;
         let mut out = FlightOutcome::default();
-        if self.stopping.load(Ordering::SeqCst) {
-            return out; // shutting down: start nothing new
-        }
         let mut rec = match self.store.flight(key) {
             Ok(r) => r.unwrap_or_else(|| FlightRecord::new(key.clone(), now_ms())),
             Err(e) => {

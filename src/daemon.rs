@@ -89,12 +89,17 @@ pub async fn pass(
     let mut summary = PassSummary::default();
     let mut plan = Plan::default();
     let scope = Scope::new(&config.tapis, &config.layout, &opts.only_systems);
-    // Discovery changes nothing: a stop signal abandons it at once.
-    let discovered = tokio::select! {
-        d = discover::discover(&clients.tapis, &scope) => d,
-        _ = stop_requested(&stopping) => {
-            info!("stop signal during discovery: the pass ends without applying anything");
-            return finish(summary, plan, clients, started, (t0, w0));
+    // Discovery changes nothing: a stop signal arriving during it ends the pass at once. (A
+    // pass started with `stopping` already set still plans and creates, uploading nothing.)
+    let discovered = if stopping.load(Ordering::SeqCst) {
+        discover::discover(&clients.tapis, &scope).await
+    } else {
+        tokio::select! {
+            d = discover::discover(&clients.tapis, &scope) => d,
+            _ = stop_requested(&stopping) => {
+                info!("stop signal during discovery: the pass ends without applying anything");
+                return finish(summary, plan, clients, started, (t0, w0));
+            }
         }
     };
     match discovered {

@@ -124,8 +124,9 @@ async fn second_signal_exits_at_once_and_the_store_stays_consistent() {
         assert!(std::time::Instant::now() < end, "{}", d.log_text());
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Back to back: the graceful stop of the first one takes longer than this.
     d.signal(libc::SIGINT);
-    d.wait_log("stop signal", 1, Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(2));
     d.signal(libc::SIGTERM);
     let (status, took) = d.wait_exit(Duration::from_secs(3));
     assert_eq!(status.code(), Some(130), "{}", d.log_text());
