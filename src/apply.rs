@@ -508,6 +508,7 @@ impl Engine<'_> {
         let attempt = || async {
             let body = self.tapis.download(&key.system, &img.path).await?;
             let body = crate::http::verify_length(body, img.size, img.path.clone());
+            let body: crate::http::ByteStream = Box::pin(body.inspect(|_| crate::metrics::beat()));
             let body = match &self.progress {
                 Some(bar) => {
                     let bar = bar.clone();
@@ -537,6 +538,7 @@ impl Engine<'_> {
             });
         }
         self.store.mark_uploaded(key, &img.name, &record).await?;
+        crate::metrics::image_uploaded(stored);
         Ok(Some(stored))
     }
 

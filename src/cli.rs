@@ -83,7 +83,7 @@ pub async fn run(flag: Option<PathBuf>) -> u8 {
             eprintln!("error: {e}");
             match e {
                 daemon::RunError::State(StateError::Locked { .. }) => EXIT_LOCKED,
-                daemon::RunError::Client(_) => EXIT_CONFIG,
+                daemon::RunError::Client(_) | daemon::RunError::Admin(_) => EXIT_CONFIG,
                 _ => EXIT_ERRORS,
             }
         }
@@ -219,71 +219,70 @@ fn print_summary(report: &PassReport) {
     print_errors(&s.errors);
 }
 
-/// One row of `status`.
-#[derive(Debug, Serialize)]
-pub struct StatusRow {
-    /// Tapis system.
-    pub system_id: String,
-    /// Flight folder.
-    pub flight_name: String,
-    /// Phase (`vanished` while the folder is gone).
-    pub phase: String,
-    /// Images WebODM confirmed.
-    pub images_uploaded: u64,
-    /// Images listed.
-    pub images_total: u64,
-    /// WebODM project.
-    pub project_id: Option<i64>,
-    /// WebODM task.
-    pub task_id: Option<String>,
-    /// Last error, if the last attempt failed.
-    pub last_error: Option<String>,
-    /// Next attempt after a failure (RFC 3339).
-    pub next_attempt_at: Option<String>,
-}
+pub use crate::status::StatusRow;
 
-/// `status`: every flight in the store.
+/// `status`: every flight in the store. When the daemon holds the state dir (sled allows one
+/// process), the snapshot it keeps in `<state_dir>/status.json` is shown instead.
 pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
     let (_, config) = match load(flag) {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let store = match open_store(&config.sync.state_dir) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let records = match store.flights() {
-        Ok(r) => r,
+    let dir = &config.sync.state_dir;
+    let rows = match Store::open(dir) {
+        Ok(store) => match crate::status::rows(&store) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_ERRORS;
+            }
+        },
+        Err(StateError::Locked { holder, .. }) => match crate::status::read_snapshot(dir) {
+            Ok(snap) => {
+                eprintln!(
+                    "note: the daemon (pid {}) holds {}; showing its snapshot of {}",
+                    holder.map_or_else(|| snap.pid.to_string(), |p| p.to_string()),
+                    dir.display(),
+                    snap.written_at
+                );
+                if let (Some(p), false) = (&snap.last_pass, json) {
+                    println!(
+                        "Last pass {}: {} projects created, {} images uploaded, {} tasks committed, {} errors",
+                        p.finished_at,
+                        p.summary.projects_created,
+                        p.summary.images_uploaded,
+                        p.summary.tasks_committed,
+                        p.summary.errors.len()
+                    );
+                }
+                snap.flights
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: {} is locked by another process{} and its status snapshot {} cannot be read: {e}",
+                    dir.display(),
+                    holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+                    crate::status::snapshot_path(dir).display()
+                );
+                return EXIT_LOCKED;
+            }
+        },
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_ERRORS;
         }
     };
-    let rows: Vec<StatusRow> = records
-        .into_iter()
-        .map(|r| StatusRow {
-            system_id: r.key.system.clone(),
-            flight_name: r.key.flight.clone(),
-            phase: r.shown_phase().to_string(),
-            images_uploaded: r.images_uploaded,
-            images_total: r.images_total,
-            project_id: r.project_id,
-            task_id: r.task_id.clone(),
-            last_error: r.last_error.clone(),
-            next_attempt_at: r.next_attempt_ms.map(crate::state::rfc3339),
-        })
-        .collect();
     if json {
         print_json(&rows);
         return EXIT_OK;
     }
     println!(
-        "{:<28} {:<24} {:<18} {:>11} {:>8} {:<36} LAST ERROR",
+        "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} LAST ERROR",
         "SYSTEM", "FLIGHT", "PHASE", "IMAGES", "PROJECT", "TASK"
     );
     for r in &rows {
         println!(
-            "{:<28} {:<24} {:<18} {:>11} {:>8} {:<36} {}",
+            "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} {}",
             r.system_id,
             r.flight_name,
             r.phase,
@@ -291,7 +290,7 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
             r.project_id
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
-            r.task_id.as_deref().unwrap_or("-"),
+            r.task_status.as_deref().unwrap_or("-"),
             r.last_error.as_deref().unwrap_or("")
         );
     }

@@ -1,22 +1,26 @@
-//! The loop: one pass = discover → plan → apply; `run` repeats it every `interval`, wakes on
-//! SIGUSR1, reloads the config on SIGHUP, and stops cleanly on SIGTERM/SIGINT after the images
-//! in flight (a second signal exits at once; every record is already flushed).
+//! The loop: one pass = discover → plan → apply; `run` repeats it every `interval`, starts one
+//! at once on SIGUSR1, reloads the config on SIGHUP (keeping the old one when the new one is
+//! invalid), and stops on SIGTERM/SIGINT: nothing new starts, the images in flight get
+//! `sync.shutdown_timeout` to finish and are abandoned after that (an image is recorded only
+//! once WebODM confirmed it, so the store stays consistent); a second signal exits at once.
+//! It also talks to systemd (READY/RELOADING/STOPPING/STATUS and the watchdog), serves the
+//! admin endpoint, and writes the status snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::apply::{Engine, PassSummary};
 use crate::config::Config;
 use crate::discover::{self, Scope};
 use crate::http::ApiError;
+use crate::notify;
 use crate::plan::{self, Observed, Plan, Settings};
 use crate::state::{now_ms, Phase, StateError, Store};
 use crate::tapis::TapisClient;
@@ -103,7 +107,20 @@ pub async fn pass(
     let mut summary = PassSummary::default();
     let mut plan = Plan::default();
     let scope = Scope::new(&config.tapis, &config.layout, &opts.only_systems);
-    match discover::discover(&clients.tapis, &scope).await {
+    // Discovery changes nothing: a stop signal arriving during it ends the pass at once. (A
+    // pass started with `stopping` already set still plans and creates, uploading nothing.)
+    let discovered = if stopping.load(Ordering::SeqCst) {
+        discover::discover(&clients.tapis, &scope).await
+    } else {
+        tokio::select! {
+            d = discover::discover(&clients.tapis, &scope) => d,
+            _ = stop_requested(&stopping) => {
+                info!("stop signal during discovery: the pass ends without applying anything");
+                return finish(summary, plan, clients, started, (t0, w0));
+            }
+        }
+    };
+    match discovered {
         Err(e) => summary
             .errors
             .push(format!("listing Tapis systems failed: {e}")),
@@ -182,6 +199,13 @@ fn finish(
     PassReport { summary, plan }
 }
 
+/// Resolves once `stopping` is set (polled: it is a plain flag shared with the engine).
+async fn stop_requested(stopping: &AtomicBool) {
+    while !stopping.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -194,46 +218,200 @@ pub enum RunError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The admin endpoint is misconfigured or cannot listen.
+    #[error("{0}")]
+    Admin(String),
 }
 
-/// Runs passes every `interval` until SIGTERM/SIGINT.
+/// What the signal listener asks of the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// SIGTERM/SIGINT (the `stopping` flag is already set).
+    Stop,
+    /// SIGHUP.
+    Reload,
+    /// SIGUSR1.
+    PassNow,
+}
+
+/// Status snapshots are written this often while a pass runs.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+/// The idle loop ticks (and beats the heartbeat) this often between passes.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Runs passes every `interval` until SIGTERM/SIGINT: tells systemd READY/RELOADING/STOPPING
+/// and the last pass in STATUS, feeds the watchdog while the loop makes progress, serves the
+/// admin endpoint when configured, and writes the status snapshot.
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
-    let store = Store::open(&config.sync.state_dir)?;
+    if let Some(listen) = config.admin.listen {
+        crate::admin::check_listen(listen).map_err(RunError::Admin)?;
+    }
+    let store = Arc::new(Store::open(&config.sync.state_dir)?);
     let mut config = config;
     let mut clients = Clients::new(&config)?;
     let stopping = Arc::new(AtomicBool::new(false));
-    let reload = Arc::new(AtomicBool::new(false));
-    let wake = Arc::new(Notify::new());
-    let signals = listen_for_signals(stopping.clone(), reload.clone(), wake.clone())
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let signals = listen_for_signals(stopping.clone(), events_tx, config.sync.shutdown_timeout)
         .map_err(RunError::Signals)?;
+    let shared = Arc::new(crate::admin::Shared {
+        store: store.clone(),
+        interval: Mutex::new(config.sync.interval),
+        started_ms: now_ms(),
+        last_pass: Mutex::new(None),
+        stall_limit: Mutex::new(notify::stall_limit(&config)),
+    });
+    let admin = match config.admin.listen {
+        Some(listen) => Some(
+            crate::admin::serve(listen, shared.clone())
+                .await
+                .map_err(RunError::Admin)?,
+        ),
+        None => None,
+    };
+    write_snapshot(&shared);
+    crate::metrics::beat();
+    let watchdog = notify::spawn_watchdog(notify::stall_limit(&config));
     info!(state_dir = %store.dir().display(), interval = %humantime::format_duration(config.sync.interval), "daemon started");
+    notify::ready("started; first pass running");
+    let mut pending_reload = false;
+    let mut pending_pass = false;
+    let opts = PassOptions::default();
     while !stopping.load(Ordering::SeqCst) {
-        pass(
-            &config,
-            &clients,
-            Some(&store),
-            &PassOptions::default(),
-            stopping.clone(),
-        )
-        .await;
+        crate::metrics::global().pass_started(now_ms());
+        let finished = {
+            let pass = pass(&config, &clients, Some(&store), &opts, stopping.clone());
+            tokio::pin!(pass);
+            let abandon = async {
+                stop_requested(&stopping).await;
+                tokio::time::sleep(config.sync.shutdown_timeout).await;
+            };
+            tokio::pin!(abandon);
+            let mut snapshots = tokio::time::interval(SNAPSHOT_EVERY);
+            snapshots.tick().await;
+            loop {
+                tokio::select! {
+                    report = &mut pass => break Some(report),
+                    _ = &mut abandon => break None,
+                    _ = snapshots.tick() => write_snapshot(&shared),
+                    Some(ev) = events.recv() => match ev {
+                        Event::Reload => pending_reload = true,
+                        Event::PassNow => {
+                            info!("SIGUSR1 during a pass: another pass follows right after it");
+                            pending_pass = true;
+                        }
+                        Event::Stop => {}
+                    },
+                }
+            }
+        };
+        match finished {
+            Some(report) => record_pass(&shared, &report.summary),
+            None => {
+                warn!(
+                    timeout = %humantime::format_duration(config.sync.shutdown_timeout),
+                    "shutdown timeout: abandoning the images still in flight (they are not recorded and are uploaded again next time)"
+                );
+                break;
+            }
+        }
         if stopping.load(Ordering::SeqCst) {
             break;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(config.sync.interval) => {}
-            _ = wake.notified() => {}
-        }
-        if reload.swap(false, Ordering::SeqCst) {
-            if let Some((c, cl)) = reload_config(&config_path, &config) {
-                config = c;
-                clients = cl;
+        // Idle until the next pass, SIGUSR1 or a stop; SIGHUP reloads and keeps waiting.
+        let next = tokio::time::Instant::now() + config.sync.interval;
+        loop {
+            if pending_reload {
+                pending_reload = false;
+                notify::reloading();
+                if let Some((c, cl)) = reload_config(&config_path, &config) {
+                    config = c;
+                    clients = cl;
+                    *shared.interval.lock().expect("interval lock") = config.sync.interval;
+                    *shared.stall_limit.lock().expect("stall lock") = notify::stall_limit(&config);
+                    notify::ready(&format!(
+                        "config reloaded; {}",
+                        last_status(&shared).unwrap_or_else(|| "no pass finished yet".into())
+                    ));
+                } else {
+                    notify::ready(&format!(
+                        "config reload FAILED (see the log); running with the previous config; {}",
+                        last_status(&shared).unwrap_or_else(|| "no pass finished yet".into())
+                    ));
+                }
+            }
+            if pending_pass || stopping.load(Ordering::SeqCst) {
+                pending_pass = false;
+                break;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next {
+                break;
+            }
+            crate::metrics::beat();
+            tokio::select! {
+                _ = tokio::time::sleep((next - now).min(IDLE_TICK)) => {}
+                Some(ev) = events.recv() => match ev {
+                    Event::Reload => pending_reload = true,
+                    Event::PassNow => {
+                        info!("SIGUSR1: starting a pass now");
+                        pending_pass = true;
+                    }
+                    Event::Stop => {}
+                },
             }
         }
     }
-    store.flush().await?;
+    notify::stopping("stopping: flushing the state store");
+    let flushed = store.flush().await;
+    write_snapshot(&shared);
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     signals.close();
+    flushed?;
     info!("daemon stopped");
     Ok(())
+}
+
+/// Records a finished pass for `/healthz`, `/metrics`, the snapshot and systemd's STATUS.
+fn record_pass(shared: &crate::admin::Shared, summary: &PassSummary) {
+    let end = now_ms();
+    crate::metrics::global().pass_finished(summary, end);
+    *shared.last_pass.lock().expect("last pass lock") = Some(crate::status::LastPass {
+        finished_at: crate::state::rfc3339(end),
+        summary: summary.clone(),
+    });
+    notify::status(&notify::pass_status(summary, end));
+    write_snapshot(shared);
+}
+
+fn last_status(shared: &crate::admin::Shared) -> Option<String> {
+    let last = shared.last_pass.lock().expect("last pass lock");
+    last.as_ref().map(|p| {
+        let end = humantime::parse_rfc3339(&p.finished_at)
+            .map(crate::state::to_ms)
+            .unwrap_or_else(|_| now_ms());
+        notify::pass_status(&p.summary, end)
+    })
+}
+
+/// Writes `<state_dir>/status.json` and refreshes the flights-by-phase gauge; failures are
+/// logged, never fatal.
+fn write_snapshot(shared: &crate::admin::Shared) {
+    let last = shared.last_pass.lock().expect("last pass lock").clone();
+    match crate::status::snapshot(&shared.store, last) {
+        Ok(snap) => {
+            let counts = crate::status::phase_counts(&snap.flights);
+            crate::metrics::global().set_flights(counts.iter().map(|(k, v)| (k.as_str(), *v)));
+            if let Err(e) = crate::status::write_snapshot(shared.store.dir(), &snap) {
+                warn!(error = %e, "cannot write the status snapshot; `status` shows an older one");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the state store for the status snapshot"),
+    }
 }
 
 /// Re-reads the config; keeps the old one (and says why) when the new one is invalid.
@@ -245,12 +423,24 @@ fn reload_config(path: &Path, old: &Config) -> Option<(Config, Clients)> {
             return None;
         }
     };
+    if let Some(listen) = new.admin.listen {
+        if let Err(e) = crate::admin::check_listen(listen) {
+            error!(error = %e, "config reload failed; keeping the running config");
+            return None;
+        }
+    }
     if new.sync.state_dir != old.sync.state_dir {
         warn!("sync.state_dir changed: it takes effect at the next restart");
     }
+    if new.admin.listen != old.admin.listen {
+        warn!("admin.listen changed: it takes effect at the next restart");
+    }
+    if new.log.format != old.log.format || new.log.level != old.log.level {
+        warn!("[log] changed: it takes effect at the next restart");
+    }
     match Clients::new(&new) {
         Ok(clients) => {
-            info!(path = %path.display(), "config reloaded");
+            info!(path = %path.display(), interval = %humantime::format_duration(new.sync.interval), "config reloaded");
             Some((new, clients))
         }
         Err(e) => {
@@ -260,36 +450,40 @@ fn reload_config(path: &Path, old: &Config) -> Option<(Config, Clients)> {
     }
 }
 
-/// Spawns the signal listener: TERM/INT set `stopping` (a second one exits at once), HUP sets
-/// `reload`, USR1 and HUP wake the loop.
+/// Spawns the signal listener: TERM/INT set `stopping` and tell systemd STOPPING=1 (a second
+/// one exits at once: every record is flushed as it is written, so the store is consistent),
+/// HUP asks for a reload, USR1 for a pass now.
 fn listen_for_signals(
     stopping: Arc<AtomicBool>,
-    reload: Arc<AtomicBool>,
-    wake: Arc<Notify>,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    shutdown_timeout: Duration,
 ) -> std::io::Result<signal_hook_tokio::Handle> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     let handle = signals.handle();
     tokio::spawn(async move {
         while let Some(sig) = signals.next().await {
-            match sig {
+            let event = match sig {
                 SIGTERM | SIGINT => {
                     if stopping.swap(true, Ordering::SeqCst) {
-                        warn!("second stop signal: exiting now; the store is consistent");
+                        warn!("second stop signal: exiting now; the store is consistent (images in flight are not recorded)");
+                        notify::stopping("second stop signal: exiting now");
                         std::process::exit(130);
                     }
-                    info!("stop signal: finishing the images in flight, starting nothing new");
-                    wake.notify_one();
+                    let wait = humantime::format_duration(shutdown_timeout);
+                    info!(timeout = %wait, "stop signal: finishing the images in flight, starting nothing new (a second signal exits at once)");
+                    notify::stopping(&format!(
+                        "stopping: finishing the images in flight (at most {wait})"
+                    ));
+                    Event::Stop
                 }
                 SIGHUP => {
-                    reload.store(true, Ordering::SeqCst);
-                    wake.notify_one();
+                    info!("SIGHUP: reloading the config");
+                    Event::Reload
                 }
-                _ => {
-                    info!("SIGUSR1: starting a pass now");
-                    wake.notify_one();
-                }
-            }
+                _ => Event::PassNow,
+            };
+            let _ = events.send(event);
         }
     });
     Ok(handle)

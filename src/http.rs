@@ -414,6 +414,7 @@ impl RetryPolicy {
                 }
             })
             .notify(|e: &ApiError, wait| {
+                crate::metrics::retry();
                 tracing::debug!(what, error = %e, wait = ?wait, "retrying");
             })
             .await
@@ -499,11 +500,9 @@ impl Service {
             .expect("the semaphore is never closed");
         self.limiter.until_ready().await;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let resp = self
-            .client
-            .execute(req)
-            .await
-            .map_err(|e| transport(self.name, &op, "sending the request", e))?;
+        let resp = self.client.execute(req).await;
+        crate::metrics::request(self.name, resp.as_ref().ok().map(|r| r.status().as_u16()));
+        let resp = resp.map_err(|e| transport(self.name, &op, "sending the request", e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(Reply {

@@ -1,0 +1,134 @@
+//! What `status`, `/status` and the status snapshot show: one row per flight in the store.
+//!
+//! sled lets one process open a store, so the running daemon writes `<state_dir>/status.json`
+//! (atomically: temp file + rename) at start, every few seconds during a pass and after each
+//! pass; `status` reads it when the daemon holds the state dir.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::apply::PassSummary;
+use crate::state::{FlightRecord, Phase, StateError, Store};
+
+/// The snapshot's file name inside the state dir.
+pub const SNAPSHOT_FILE: &str = "status.json";
+
+/// One row of `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusRow {
+    /// Tapis system.
+    pub system_id: String,
+    /// Flight folder.
+    pub flight_name: String,
+    /// Phase (`vanished` while the folder is gone).
+    pub phase: String,
+    /// Images WebODM confirmed.
+    pub images_uploaded: u64,
+    /// Images listed.
+    pub images_total: u64,
+    /// WebODM project.
+    pub project_id: Option<i64>,
+    /// WebODM task.
+    pub task_id: Option<String>,
+    /// The task's state as far as the daemon knows: `partial` (taking images) or `committed`.
+    pub task_status: Option<String>,
+    /// Last error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Next attempt after a failure (RFC 3339).
+    pub next_attempt_at: Option<String>,
+}
+
+impl StatusRow {
+    /// The row of one record.
+    pub fn of(r: &FlightRecord) -> StatusRow {
+        StatusRow {
+            system_id: r.key.system.clone(),
+            flight_name: r.key.flight.clone(),
+            phase: r.shown_phase().to_string(),
+            images_uploaded: r.images_uploaded,
+            images_total: r.images_total,
+            project_id: r.project_id,
+            task_id: r.task_id.clone(),
+            task_status: r.task_id.as_ref().map(|_| {
+                match r.phase {
+                    Phase::Committed => "committed",
+                    Phase::DeletedInWebodm => "deleted",
+                    _ => "partial",
+                }
+                .to_string()
+            }),
+            last_error: r.last_error.clone(),
+            next_attempt_at: r.next_attempt_ms.map(crate::state::rfc3339),
+        }
+    }
+}
+
+/// Every flight of the store, ordered by key.
+pub fn rows(store: &Store) -> Result<Vec<StatusRow>, StateError> {
+    Ok(store.flights()?.iter().map(StatusRow::of).collect())
+}
+
+/// The last finished pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastPass {
+    /// When it finished (RFC 3339).
+    pub finished_at: String,
+    /// What it did.
+    #[serde(flatten)]
+    pub summary: PassSummary,
+}
+
+/// `<state_dir>/status.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The daemon that wrote it.
+    pub pid: u32,
+    /// When (RFC 3339).
+    pub written_at: String,
+    /// The last finished pass, if any.
+    pub last_pass: Option<LastPass>,
+    /// Every flight.
+    pub flights: Vec<StatusRow>,
+}
+
+/// The snapshot path of a state dir.
+pub fn snapshot_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SNAPSHOT_FILE)
+}
+
+/// Writes the snapshot atomically (temp file in the same dir, then rename).
+pub fn write_snapshot(state_dir: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = tempfile::NamedTempFile::with_prefix_in(".status-", state_dir)?;
+    serde_json::to_writer_pretty(&mut tmp, snapshot)?;
+    tmp.write_all(b"\n")?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(snapshot_path(state_dir)).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Reads the snapshot of a state dir.
+pub fn read_snapshot(state_dir: &Path) -> std::io::Result<Snapshot> {
+    let text = std::fs::read(snapshot_path(state_dir))?;
+    serde_json::from_slice(&text).map_err(std::io::Error::other)
+}
+
+/// Builds a snapshot from the store.
+pub fn snapshot(store: &Store, last_pass: Option<LastPass>) -> Result<Snapshot, StateError> {
+    Ok(Snapshot {
+        pid: std::process::id(),
+        written_at: crate::state::rfc3339(crate::state::now_ms()),
+        last_pass,
+        flights: rows(store)?,
+    })
+}
+
+/// Counts rows per shown phase (for the flights-by-phase gauge).
+pub fn phase_counts(rows: &[StatusRow]) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in rows {
+        *out.entry(r.phase.clone()).or_insert(0) += 1;
+    }
+    out
+}
