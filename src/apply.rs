@@ -215,6 +215,10 @@ impl Engine<'_> {
         }
         let mut result = Ok(());
         for step in &fp.steps {
+            // Stopping: finish nothing new (the images in flight finish in `upload_all`).
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
             result = self.step(step, fp, &mut rec, &uploads, &mut out).await;
             if result.is_err() {
                 break;
@@ -229,8 +233,10 @@ impl Engine<'_> {
         match result {
             Ok(()) => {
                 rec.failures = 0;
-                rec.last_error = None;
                 rec.next_attempt_ms = None;
+                if rec.phase != Phase::DeletedInWebodm {
+                    rec.last_error = None;
+                }
             }
             Err(e) => {
                 if matches!(e, StepError::Deleted(_)) {

@@ -1,130 +1,13 @@
 //! End-to-end: the library's passes over real HTTP against the simulator.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+mod support;
 
-use tapis_webodm_sync::apply::PassSummary;
-use tapis_webodm_sync::config::Config;
-use tapis_webodm_sync::daemon::{self, Clients, PassOptions, PassReport};
-use tapis_webodm_sync::naming;
-use tapis_webodm_sync::sim::{DatasetSpec, Sim};
-use tapis_webodm_sync::state::{FlightKey, Store};
+use std::time::Duration;
 
-struct Rig {
-    sim: Sim,
-    state: tempfile::TempDir,
-    config: Config,
-    clients: Clients,
-}
-
-impl Rig {
-    async fn new(spec: &DatasetSpec) -> Rig {
-        let sim = Sim::start(spec, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let state = tempfile::tempdir().unwrap();
-        let config = tapis_webodm_sync::demo::config_for(&sim, state.path()).unwrap();
-        let clients = Clients::new(&config).unwrap();
-        Rig {
-            sim,
-            state,
-            config,
-            clients,
-        }
-    }
-
-    async fn pass_with(&self, opts: PassOptions, stopping: bool) -> PassReport {
-        let store = Store::open(&self.config.sync.state_dir).unwrap();
-        daemon::pass(
-            &self.config,
-            &self.clients,
-            Some(&store),
-            &opts,
-            Arc::new(AtomicBool::new(stopping)),
-        )
-        .await
-    }
-
-    async fn pass(&self) -> PassSummary {
-        self.pass_with(PassOptions::default(), false).await.summary
-    }
-
-    fn wipe_state(&self) {
-        std::fs::remove_dir_all(self.state.path()).unwrap();
-    }
-}
-
-fn small_spec() -> DatasetSpec {
-    DatasetSpec {
-        seed: 7,
-        systems: 2,
-        flights_per_system: 2,
-        images_per_flight: 6,
-        image_size: 3_000,
-        big_flight_images: None,
-        decoys: true,
-    }
-}
-
-fn assert_no_errors(s: &PassSummary) {
-    assert!(s.errors.is_empty(), "pass errors: {:#?}", s.errors);
-}
-
-/// Every expected flight has exactly one project, with the specified name, description and
-/// tags, holding exactly one committed task with exactly its images, byte for byte; nothing
-/// else exists in WebODM.
-fn assert_synced_exactly(sim: &Sim) {
-    let expected = sim.dataset().expected_flights();
-    let projects = sim.webodm_projects();
-    assert_eq!(
-        projects.len(),
-        expected.len(),
-        "one project per expected flight (decoys produce nothing)"
-    );
-    for flight in &expected {
-        let key = FlightKey::new(flight.system_id.clone(), flight.flight.clone());
-        let tag = naming::key_tag(&key);
-        let mine: Vec<_> = projects.iter().filter(|p| p.tags.contains(&tag)).collect();
-        assert_eq!(mine.len(), 1, "exactly one project for {key}");
-        let p = mine[0];
-        assert_eq!(
-            p.name,
-            format!("{} ({})", flight.flight.trim(), flight.system_id)
-        );
-        assert_eq!(p.tags, naming::tags(&key));
-        let lines: Vec<&str> = p.description.lines().collect();
-        assert_eq!(
-            lines[0],
-            format!("Auto-created from Tapis system {}", flight.system_id)
-        );
-        assert_eq!(lines[1], format!("Flight: {}", flight.flight));
-        assert_eq!(
-            lines[2],
-            format!("Images path: {}/code/images", flight.flight)
-        );
-        assert_eq!(lines[3], format!("Image count: {}", flight.images.len()));
-        assert!(lines[4].starts_with("Discovered: 20"), "{}", lines[4]);
-        assert_eq!(p.tasks.len(), 1, "exactly one task for {key}");
-        let t = &p.tasks[0];
-        assert!(!t.partial, "task of {key} committed");
-        assert_eq!(
-            t.name.as_deref(),
-            Some(format!("Flight {}", flight.flight.trim()).as_str())
-        );
-        let want: BTreeMap<String, (u64, String)> = flight
-            .images
-            .iter()
-            .map(|i| (i.name.clone(), (i.size, i.sha256.clone())))
-            .collect();
-        assert_eq!(t.images, want, "images of {key} byte for byte");
-    }
-    assert_eq!(
-        sim.stats().leaked_credentials,
-        0,
-        "no credential sent to the wrong service"
-    );
-}
+use support::{assert_no_errors, assert_synced_exactly, small_spec, Rig};
+use tapis_webodm_sync::daemon::PassOptions;
+use tapis_webodm_sync::sim::{DatasetSpec, Faults};
+use tapis_webodm_sync::state::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_pass_syncs_everything_and_second_does_nothing() {
@@ -273,7 +156,7 @@ async fn systems_filter_limits_the_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsettled_flights_upload_but_wait_to_commit() {
     let mut rig = Rig::new(&small_spec()).await;
-    rig.config.sync.settle = std::time::Duration::from_secs(3600);
+    rig.config.sync.settle = Duration::from_secs(3600);
     let s = rig.pass().await;
     assert_no_errors(&s);
     assert_eq!(s.tasks_committed, 0);
@@ -286,7 +169,7 @@ async fn unsettled_flights_upload_but_wait_to_commit() {
         .webodm_projects()
         .iter()
         .all(|p| p.tasks.iter().all(|t| t.partial)));
-    rig.config.sync.settle = std::time::Duration::ZERO;
+    rig.config.sync.settle = Duration::ZERO;
     let s = rig.pass().await;
     assert_eq!(s.images_uploaded, 0, "nothing uploaded twice");
     assert_eq!(
@@ -299,12 +182,20 @@ async fn unsettled_flights_upload_but_wait_to_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wiped_state_adopts_instead_of_duplicating() {
-    let rig = Rig::new(&small_spec()).await;
-    // A pass stopped before any image: projects and tasks exist, nothing uploaded.
-    let stopped = rig.pass_with(PassOptions::default(), true).await.summary;
-    assert_no_errors(&stopped);
-    assert_eq!(stopped.images_uploaded, 0);
-    assert!(stopped.projects_created > 0);
+    // Every upload fails, and retries give up at once: projects and tasks exist, no image.
+    let upload = "POST /api/projects/{project}/tasks/{task}/upload/".to_string();
+    let faults = Faults {
+        route_rates: [(upload, 1.0)].into(),
+        ..Faults::default()
+    };
+    let mut rig = Rig::with_faults(&small_spec(), faults).await;
+    rig.config.retry.max_elapsed = Duration::from_millis(1);
+    rig.reconnect();
+    let failed = rig.pass().await;
+    assert_eq!(failed.images_uploaded, 0);
+    assert!(failed.projects_created > 0 && failed.tasks_created > 0);
+    assert!(!failed.errors.is_empty());
+    rig.sim.set_faults(Faults::default());
     rig.wipe_state();
     let resumed = rig.pass().await;
     assert_no_errors(&resumed);
@@ -335,7 +226,7 @@ async fn vanished_partial_task_is_recreated_deleted_committed_task_is_not() {
     let mut rig = Rig::new(&small_spec()).await;
     let flights = rig.sim.dataset().expected().flights as usize;
     // Long settle: every task stays partial after the first pass.
-    rig.config.sync.settle = std::time::Duration::from_secs(3600);
+    rig.config.sync.settle = Duration::from_secs(3600);
     assert_no_errors(&rig.pass().await);
     // WebODM deletes partial tasks that stay uncommitted for 72 h.
     for p in rig.sim.webodm_projects() {
@@ -343,7 +234,7 @@ async fn vanished_partial_task_is_recreated_deleted_committed_task_is_not() {
             assert!(rig.sim.delete_task(p.id, &t.id));
         }
     }
-    rig.config.sync.settle = std::time::Duration::ZERO;
+    rig.config.sync.settle = Duration::ZERO;
     let s = rig.pass().await;
     assert_no_errors(&s);
     assert_eq!(s.projects_created, 0);
@@ -382,5 +273,18 @@ async fn vanished_partial_task_is_recreated_deleted_committed_task_is_not() {
     );
     assert_eq!(s.tasks_created, 1);
     assert_synced_exactly(&rig.sim);
+    rig.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_pass_starts_nothing_new() {
+    let rig = Rig::new(&small_spec()).await;
+    let s = rig.pass_with(PassOptions::default(), true).await.summary;
+    assert_no_errors(&s);
+    assert_eq!(
+        (s.projects_created, s.tasks_created, s.images_uploaded),
+        (0, 0, 0)
+    );
+    assert!(rig.sim.webodm_projects().is_empty());
     rig.sim.shutdown().await;
 }

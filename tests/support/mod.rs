@@ -1,0 +1,154 @@
+//! Shared by the end-to-end tests: a simulator with a daemon config pointing at it, library
+//! passes, and the check that WebODM holds exactly the dataset's flights.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tapis_webodm_sync::apply::PassSummary;
+use tapis_webodm_sync::config::Config;
+use tapis_webodm_sync::daemon::{self, Clients, PassOptions, PassReport};
+use tapis_webodm_sync::naming;
+use tapis_webodm_sync::sim::{DatasetSpec, Faults, Sim};
+use tapis_webodm_sync::state::{FlightKey, Store};
+
+pub struct Rig {
+    pub sim: Sim,
+    pub state: tempfile::TempDir,
+    pub config: Config,
+    pub clients: Clients,
+}
+
+impl Rig {
+    pub async fn new(spec: &DatasetSpec) -> Rig {
+        Rig::with_faults(spec, Faults::default()).await
+    }
+
+    pub async fn with_faults(spec: &DatasetSpec, faults: Faults) -> Rig {
+        let sim = Sim::start_with(spec, "127.0.0.1:0".parse().unwrap(), faults)
+            .await
+            .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let config = tapis_webodm_sync::demo::config_for(&sim, state.path()).unwrap();
+        let clients = Clients::new(&config).unwrap();
+        Rig {
+            sim,
+            state,
+            config,
+            clients,
+        }
+    }
+
+    /// Rebuilds the clients after a config change.
+    pub fn reconnect(&mut self) {
+        self.clients = Clients::new(&self.config).unwrap();
+    }
+
+    pub async fn pass_with(&self, opts: PassOptions, stopping: bool) -> PassReport {
+        let store = Store::open(&self.config.sync.state_dir).unwrap();
+        daemon::pass(
+            &self.config,
+            &self.clients,
+            Some(&store),
+            &opts,
+            Arc::new(AtomicBool::new(stopping)),
+        )
+        .await
+    }
+
+    pub async fn pass(&self) -> PassSummary {
+        self.pass_with(PassOptions::default(), false).await.summary
+    }
+
+    pub fn wipe_state(&self) {
+        std::fs::remove_dir_all(self.state.path()).unwrap();
+    }
+}
+
+pub fn small_spec() -> DatasetSpec {
+    DatasetSpec {
+        seed: 7,
+        systems: 2,
+        flights_per_system: 2,
+        images_per_flight: 6,
+        image_size: 3_000,
+        big_flight_images: None,
+        decoys: true,
+    }
+}
+
+pub fn assert_no_errors(s: &PassSummary) {
+    assert!(s.errors.is_empty(), "pass errors: {:#?}", s.errors);
+}
+
+/// Whether the simulator's own record shows every flight synced once, byte for byte.
+pub fn converged(sim: &Sim) -> bool {
+    let r = sim.report();
+    let w = &r.webodm;
+    w.projects == r.expected.flights
+        && w.committed_tasks == r.expected.flights
+        && w.tasks == r.expected.flights
+        && w.images == r.expected.images
+        && w.bytes == r.expected.bytes
+        && w.duplicate_projects == 0
+        && w.unknown_projects == 0
+        && w.corrupt_images == 0
+        && w.missing_images == 0
+}
+
+/// Every expected flight has exactly one project, with the specified name, description and
+/// tags, holding exactly one committed task with exactly its images, byte for byte; nothing
+/// else exists in WebODM.
+pub fn assert_synced_exactly(sim: &Sim) {
+    let expected = sim.dataset().expected_flights();
+    let projects = sim.webodm_projects();
+    assert_eq!(
+        projects.len(),
+        expected.len(),
+        "one project per expected flight (decoys produce nothing)"
+    );
+    for flight in &expected {
+        let key = FlightKey::new(flight.system_id.clone(), flight.flight.clone());
+        let tag = naming::key_tag(&key);
+        let mine: Vec<_> = projects.iter().filter(|p| p.tags.contains(&tag)).collect();
+        assert_eq!(mine.len(), 1, "exactly one project for {key}");
+        let p = mine[0];
+        assert_eq!(
+            p.name,
+            format!("{} ({})", flight.flight.trim(), flight.system_id)
+        );
+        assert_eq!(p.tags, naming::tags(&key));
+        let lines: Vec<&str> = p.description.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!("Auto-created from Tapis system {}", flight.system_id)
+        );
+        assert_eq!(lines[1], format!("Flight: {}", flight.flight));
+        assert_eq!(
+            lines[2],
+            format!("Images path: {}/code/images", flight.flight)
+        );
+        assert_eq!(lines[3], format!("Image count: {}", flight.images.len()));
+        assert!(lines[4].starts_with("Discovered: 20"), "{}", lines[4]);
+        assert_eq!(p.tasks.len(), 1, "exactly one task for {key}");
+        let t = &p.tasks[0];
+        assert!(!t.partial, "task of {key} committed");
+        assert_eq!(
+            t.name.as_deref(),
+            Some(format!("Flight {}", flight.flight.trim()).as_str())
+        );
+        let want: BTreeMap<String, (u64, String)> = flight
+            .images
+            .iter()
+            .map(|i| (i.name.clone(), (i.size, i.sha256.clone())))
+            .collect();
+        assert_eq!(t.images, want, "images of {key} byte for byte");
+    }
+    assert_eq!(
+        sim.stats().leaked_credentials,
+        0,
+        "no credential sent to the wrong service"
+    );
+}
