@@ -371,8 +371,9 @@ pub(crate) struct Service {
     policy: RetryPolicy,
 }
 
-/// The retry policy of `[retry]`: exponential backoff with full jitter from `initial` to `max`,
-/// unlimited tries within `max_elapsed`, `Retry-After` honoured as the minimum wait.
+/// The retry policy of `[retry]`: exponential backoff from `initial` to `max` with full jitter
+/// (each wait drawn uniformly from zero to the exponential delay), unlimited tries within
+/// `max_elapsed`, and `Retry-After` honoured as the minimum wait.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     backoff: ExponentialBuilder,
@@ -383,8 +384,9 @@ impl RetryPolicy {
     /// The policy a `[retry]` section describes.
     pub fn new(retry: &RetryConfig) -> Self {
         RetryPolicy {
+            // backon's own jitter adds up to one more delay (so waits land between d and 2d);
+            // full jitter is applied in `wait` instead.
             backoff: ExponentialBuilder::new()
-                .with_jitter()
                 .with_min_delay(retry.initial)
                 .with_max_delay(retry.max)
                 .with_total_delay(Some(retry.max_elapsed))
@@ -393,28 +395,35 @@ impl RetryPolicy {
         }
     }
 
+    /// The wait before the next try: `unit` (uniform in 0..1) of the exponential delay, at
+    /// least what the server's `Retry-After` asks; `None` (give up) when the budget is spent or
+    /// the server asks for more than `max_elapsed`.
+    pub fn wait(
+        &self,
+        exponential: Option<Duration>,
+        retry_after: Option<Duration>,
+        unit: f64,
+    ) -> Option<Duration> {
+        let jittered = exponential?.mul_f64(unit.clamp(0.0, 1.0));
+        match retry_after {
+            Some(asked) if asked > self.max_elapsed => None,
+            Some(asked) => Some(jittered.max(asked)),
+            None => Some(jittered),
+        }
+    }
+
     /// Runs `op` until it succeeds, fails for good ([`ApiError::is_retryable`] is false), or the
-    /// budget is spent; waits at least what `Retry-After` asks (giving up at once when it asks
-    /// for more than `max_elapsed`). Each retry is logged at debug with `what`, reason and wait.
+    /// budget is spent. Each retry is logged at debug with `what`, the reason and the wait.
     pub async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        let max_elapsed = self.max_elapsed;
         op.retry(self.backoff)
             .sleep(tokio::time::sleep)
             .when(ApiError::is_retryable)
-            .adjust(move |e: &ApiError, wait| {
-                let wait = wait?;
-                match e.retry_after() {
-                    Some(asked) if asked > max_elapsed => None,
-                    Some(asked) => Some(wait.max(asked)),
-                    None => Some(wait),
-                }
-            })
+            .adjust(|e: &ApiError, wait| self.wait(wait, e.retry_after(), rand::random::<f64>()))
             .notify(|e: &ApiError, wait| {
-                crate::metrics::retry();
                 tracing::debug!(what, error = %e, wait = ?wait, "retrying");
             })
             .await
@@ -901,6 +910,23 @@ mod tests {
             &RetryConfig::default()
         )
         .is_err());
+    }
+
+    #[test]
+    fn waits_use_full_jitter_and_honour_retry_after() {
+        let p = RetryPolicy::new(&RetryConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+            max_elapsed: Duration::from_secs(60),
+        });
+        let d = Some(Duration::from_secs(4));
+        assert_eq!(p.wait(d, None, 0.0), Some(Duration::ZERO));
+        assert_eq!(p.wait(d, None, 0.5), Some(Duration::from_secs(2)));
+        assert_eq!(p.wait(d, None, 1.0), Some(Duration::from_secs(4)));
+        let ra = Some(Duration::from_secs(3));
+        assert_eq!(p.wait(d, ra, 0.1), Some(Duration::from_secs(3)));
+        assert_eq!(p.wait(d, Some(Duration::from_secs(61)), 0.5), None);
+        assert_eq!(p.wait(None, None, 0.5), None, "budget spent");
     }
 
     #[tokio::test]
