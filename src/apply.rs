@@ -6,7 +6,6 @@
 //! created, and a task whenever its project was adopted or its intent is open; an image is
 //! recorded only after WebODM confirmed exactly the listing's byte count.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -298,6 +297,16 @@ impl Engine<'_> {
                     "{what} was deleted in WebODM; run `forget` to sync this flight again"
                 ));
             }
+            Step::StartUpdateTask { generation } => {
+                info!(system = %rec.key.system, flight = %rec.key.flight, generation,
+                      "images changed after commit; starting a new task with every image");
+                self.store.clear_images(&rec.key)?;
+                rec.generation = *generation;
+                rec.task_id = None;
+                rec.images_uploaded = 0;
+                rec.phase = Phase::ProjectCreated;
+                self.store.put_flight(rec).await?;
+            }
             Step::WarnChangedAfterCommit => {
                 warn!(system = %rec.key.system, flight = %rec.key.flight,
                       "images changed on Tapis after the task was committed; WebODM keeps the committed set");
@@ -374,29 +383,29 @@ impl Engine<'_> {
     async fn ensure_task(&self, rec: &mut FlightRecord) -> Result<bool, StepError> {
         let key = rec.key.clone();
         let project = rec.project_id.expect("EnsureTask follows EnsureProject");
-        let tag = naming::key_tag(&key);
-        let name = naming::task_name(&key);
+        let generation = rec.generation;
         let look_first =
             rec.verify_uploads || self.store.has_intent(&key, IntentKind::CreateTask)?;
         let new = NewTask {
-            name: name.clone(),
+            name: naming::task_name(&key, generation),
             options: self.config.webodm.task_options.clone(),
-            tags: naming::tags(&key),
+            tags: naming::task_tags(&key, generation),
         };
         self.store.open_intent(&key, IntentKind::CreateTask).await?;
         let attempted = AtomicBool::new(false);
-        let (task, created) = self
+        let ((task, found_generation), created) = self
             .policy
             .run(&format!("{key}: task"), || async {
                 let tried = attempted.load(Ordering::SeqCst);
                 if look_first || tried {
                     let tasks = self.webodm.list_tasks(project).await?;
-                    if let Some(t) = pick_task(tasks, &tag, &name) {
+                    if let Some(t) = pick_task(tasks, &key, generation) {
                         return Ok((t, tried));
                     }
                 }
                 attempted.store(true, Ordering::SeqCst);
-                Ok((self.webodm.create_task(project, &new).await?, true))
+                let t = self.webodm.create_task(project, &new).await?;
+                Ok(((t, generation), true))
             })
             .await
             .map_err(|e| {
@@ -422,6 +431,7 @@ impl Engine<'_> {
             };
         }
         rec.task_id = Some(task.id);
+        rec.generation = found_generation;
         self.store.put_flight(rec).await?;
         self.store
             .close_intent(&key, IntentKind::CreateTask)
@@ -615,14 +625,15 @@ fn pick_project(found: Vec<Project>, tag: &str) -> Option<Project> {
         .min_by_key(|p| p.id)
 }
 
-/// The daemon's task in a project: the key tag (or, for tasks made before tags were read back,
-/// the exact task name); a partial one is preferred since it can still take images.
-fn pick_task(tasks: Vec<Task>, tag: &str, name: &str) -> Option<Task> {
-    let mut ours: BTreeMap<(bool, String), Task> = BTreeMap::new();
-    for t in tasks {
-        if t.tags.iter().any(|x| x == tag) || t.name.as_deref() == Some(name) {
-            ours.insert((!t.partial, t.id.clone()), t);
-        }
-    }
-    ours.into_values().next()
+/// The daemon's newest task of this flight from `generation` on (found by the key tag, or for
+/// a task without tags by the exact first-task name), with its generation; a partial one wins
+/// within a generation since it can still take images.
+fn pick_task(tasks: Vec<Task>, key: &FlightKey, generation: u32) -> Option<(Task, u32)> {
+    tasks
+        .into_iter()
+        .filter_map(|t| {
+            let g = naming::task_generation(key, &t.tags, t.name.as_deref())?;
+            (g >= generation).then_some((t, g))
+        })
+        .max_by(|(a, ga), (b, gb)| (ga, a.partial, &b.id).cmp(&(gb, b.partial, &a.id)))
 }

@@ -145,6 +145,9 @@ fn describe(step: &Step) -> String {
         }
         Step::Commit => "commit".into(),
         Step::WarnChangedAfterCommit => "warn: images changed after commit".into(),
+        Step::StartUpdateTask { generation } => {
+            format!("images changed after commit: start update task {generation}")
+        }
         Step::ReplaceVanishedTask { task } => format!("replace vanished partial task {task}"),
         Step::MarkDeleted { what } => format!("mark deleted in WebODM ({what})"),
     }

@@ -141,6 +141,7 @@ pub async fn pass(
             let settings = Settings {
                 settle: config.sync.settle,
                 max_new_projects: config.sync.max_new_projects_per_pass,
+                on_change: config.sync.on_change_after_commit,
             };
             plan = plan::plan(&desired, &obs, now_ms(), &settings);
             if let (false, Some(store)) = (opts.dry_run, store) {

@@ -23,10 +23,40 @@ pub fn project_name(key: &FlightKey) -> String {
     fit(key.flight.trim(), &format!(" ({})", key.system))
 }
 
-/// `Flight <Flight>`, trimmed and cut like the project name.
-pub fn task_name(key: &FlightKey) -> String {
-    let name = format!("Flight {}", key.flight.trim());
-    fit(&name, "")
+/// `Flight <Flight>` for the first task, `Flight <Flight> (update N)` for the N-th update
+/// task; trimmed and cut like the project name.
+pub fn task_name(key: &FlightKey, generation: u32) -> String {
+    let tail = match generation {
+        0 => String::new(),
+        n => format!(" (update {n})"),
+    };
+    fit(&format!("Flight {}", key.flight.trim()), &tail)
+}
+
+/// The project's tags plus, for an update task, the hidden generation tag `<key tag>-u<N>`.
+pub fn task_tags(key: &FlightKey, generation: u32) -> Vec<String> {
+    let mut tags = tags(key);
+    if generation > 0 {
+        tags.push(format!("{}-u{generation}", key_tag(key)));
+    }
+    tags
+}
+
+/// Which of the flight's tasks a task with these tags and name is (`None`: not the daemon's).
+pub fn task_generation(key: &FlightKey, tags: &[String], name: Option<&str>) -> Option<u32> {
+    let key_tag = key_tag(key);
+    if tags.contains(&key_tag) {
+        let prefix = format!("{key_tag}-u");
+        Some(
+            tags.iter()
+                .filter_map(|t| t.strip_prefix(&prefix)?.parse().ok())
+                .max()
+                .unwrap_or(0),
+        )
+    } else {
+        // A task made without tags (tags are optional in WebODM): its exact first-task name.
+        (name == Some(task_name(key, 0).as_str())).then_some(0)
+    }
 }
 
 /// Tags of the project and the task: `tapis`, `flight`, the system id, the flight name
@@ -81,7 +111,8 @@ mod tests {
     fn names_and_tags_follow_the_design() {
         let key = FlightKey::new("ptdatax.project.alpha", "Vuelo Año 2");
         assert_eq!(project_name(&key), "Vuelo Año 2 (ptdatax.project.alpha)");
-        assert_eq!(task_name(&key), "Flight Vuelo Año 2");
+        assert_eq!(task_name(&key, 0), "Flight Vuelo Año 2");
+        assert_eq!(task_name(&key, 2), "Flight Vuelo Año 2 (update 2)");
         let tags = tags(&key);
         assert_eq!(
             &tags[..4],
@@ -89,6 +120,17 @@ mod tests {
         );
         assert_eq!(tags[4], key_tag(&key));
         assert!(tags.iter().all(|t| !t.contains(' ')));
+    }
+
+    #[test]
+    fn task_generations_are_read_back_from_tags() {
+        let key = FlightKey::new("s", "F1");
+        assert_eq!(task_generation(&key, &task_tags(&key, 0), None), Some(0));
+        assert_eq!(task_generation(&key, &task_tags(&key, 3), None), Some(3));
+        assert_eq!(task_generation(&key, &[], Some("Flight F1")), Some(0));
+        assert_eq!(task_generation(&key, &[], Some("Flight F2")), None);
+        let other = FlightKey::new("s", "F2");
+        assert_eq!(task_generation(&key, &task_tags(&other, 1), None), None);
     }
 
     #[test]
@@ -103,7 +145,8 @@ mod tests {
         let name = project_name(&key);
         assert_eq!(name.chars().count(), MAX_NAME_CHARS);
         assert!(name.ends_with("… (ptdatax.project.alpha)"), "{name}");
-        assert_eq!(task_name(&key).chars().count(), MAX_NAME_CHARS);
+        assert_eq!(task_name(&key, 0).chars().count(), MAX_NAME_CHARS);
+        assert!(task_name(&key, 3).ends_with("… (update 3)"));
     }
 
     #[test]

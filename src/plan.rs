@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::RetryConfig;
+use crate::config::{OnChange, RetryConfig};
 use crate::discover::{Desired, Flight, Image};
 use crate::state::{FlightKey, FlightRecord, Phase, UploadedImage};
 
@@ -20,6 +20,8 @@ pub struct Settings {
     pub settle: Duration,
     /// Projects created per pass at most.
     pub max_new_projects: usize,
+    /// What a change after commit leads to.
+    pub on_change: OnChange,
 }
 
 /// What the store knows, as plan needs it.
@@ -59,6 +61,12 @@ pub enum Step {
     Commit,
     /// Report that images changed after commit.
     WarnChangedAfterCommit,
+    /// Images changed after commit and `on_change_after_commit = "new-task"`: the next task
+    /// (this generation) takes the whole current set.
+    StartUpdateTask {
+        /// 1 for the first update task, 2 for the next…
+        generation: u32,
+    },
     /// The flight's partial task vanished from WebODM (it deletes uncommitted partial tasks
     /// after 72 h): forget it and its images, then create a new one.
     ReplaceVanishedTask {
@@ -201,8 +209,23 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
                 )));
             }
             Some(r) if r.phase == Phase::Committed => {
-                if r.committed_listing.is_some_and(|c| c != fingerprint) && !r.change_warned {
-                    steps.push(Step::WarnChangedAfterCommit);
+                let changed = r.committed_listing.is_some_and(|c| c != fingerprint);
+                match settings.on_change {
+                    OnChange::Warn if changed && !r.change_warned => {
+                        steps.push(Step::WarnChangedAfterCommit);
+                    }
+                    OnChange::NewTask if changed && settled => {
+                        steps.push(Step::StartUpdateTask {
+                            generation: r.generation + 1,
+                        });
+                        steps.push(Step::EnsureTask);
+                        steps.extend(upload_step(flight, None));
+                        steps.push(Step::Commit);
+                    }
+                    OnChange::NewTask if changed => out.waiting.push(wait(
+                        "images changed after commit; a new task with every image follows once the listing has settled".into(),
+                    )),
+                    _ => {}
                 }
             }
             _ => {
@@ -223,23 +246,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
                     steps.push(Step::EnsureTask);
                 }
                 let done = observed.uploaded.get(key).filter(|_| !task_vanished);
-                let images: Vec<Image> = flight
-                    .images
-                    .iter()
-                    .filter(|i| {
-                        !done
-                            .and_then(|d| d.get(&i.name))
-                            .is_some_and(|u| u.size == i.size && u.last_modified == i.last_modified)
-                    })
-                    .cloned()
-                    .collect();
-                if !images.is_empty() {
-                    steps.push(Step::Upload {
-                        count: images.len(),
-                        bytes: images.iter().map(|i| i.size).sum(),
-                        images,
-                    });
-                }
+                steps.extend(upload_step(flight, done));
                 if settled {
                     steps.push(Step::Commit);
                 } else {
@@ -276,6 +283,25 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
         .map(|r| r.key.clone())
         .collect();
     out
+}
+
+/// Uploads of the flight's images that `done` does not hold in their listed version.
+fn upload_step(flight: &Flight, done: Option<&BTreeMap<String, UploadedImage>>) -> Option<Step> {
+    let images: Vec<Image> = flight
+        .images
+        .iter()
+        .filter(|i| {
+            !done
+                .and_then(|d| d.get(&i.name))
+                .is_some_and(|u| u.size == i.size && u.last_modified == i.last_modified)
+        })
+        .cloned()
+        .collect();
+    (!images.is_empty()).then(|| Step::Upload {
+        count: images.len(),
+        bytes: images.iter().map(|i| i.size).sum(),
+        images,
+    })
 }
 
 /// What changed in WebODM behind the daemon's back.
@@ -348,6 +374,7 @@ mod tests {
         Settings {
             settle: Duration::from_secs(settle_s),
             max_new_projects: 50,
+            on_change: OnChange::Warn,
         }
     }
 
@@ -453,6 +480,35 @@ mod tests {
     }
 
     #[test]
+    fn new_task_mode_starts_a_whole_new_task_once_settled() {
+        let f = flight("s", "F1", &[("a.jpg", 3)]);
+        let mut rec = record(&f, Phase::Committed, 0);
+        rec.committed_listing = Some(f.fingerprint());
+        let mut obs = Observed::default();
+        obs.records.insert(f.key.clone(), rec);
+        let grown = desired(vec![flight("s", "F1", &[("a.jpg", 3), ("b.jpg", 1)])]);
+        let mut s = settings(60);
+        s.on_change = OnChange::NewTask;
+        let early = plan(&grown, &obs, 10, &s);
+        assert!(early.flights[0].steps.is_empty(), "waits to settle");
+        assert!(early.waiting[0].reason.contains("after commit"));
+        s.settle = Duration::ZERO;
+        let p = plan(&grown, &obs, 10, &s);
+        let steps = &p.flights[0].steps;
+        assert_eq!(steps[0], Step::StartUpdateTask { generation: 1 });
+        assert_eq!(steps[1], Step::EnsureTask);
+        assert!(matches!(
+            &steps[2],
+            Step::Upload {
+                count: 2,
+                bytes: 4,
+                ..
+            }
+        ));
+        assert_eq!(steps[3], Step::Commit);
+    }
+
+    #[test]
     fn changed_image_is_uploaded_again() {
         let f = flight("s", "F1", &[("a.jpg", 5)]);
         let mut obs = Observed::default();
@@ -479,6 +535,7 @@ mod tests {
         let s = Settings {
             settle: Duration::ZERO,
             max_new_projects: 2,
+            on_change: OnChange::Warn,
         };
         let p = plan(&desired(flights), &Observed::default(), 0, &s);
         assert_eq!(p.projects(), 2);

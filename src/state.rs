@@ -156,6 +156,10 @@ pub struct FlightRecord {
     /// The WebODM task, once created or adopted.
     #[serde(default)]
     pub task_id: Option<String>,
+    /// Which task of the flight that is: 0 for the first, n for the n-th update task
+    /// (`on_change_after_commit = "new-task"`).
+    #[serde(default)]
+    pub generation: u32,
     /// True when the task was adopted rather than created: WebODM may already hold images
     /// this store does not know about, so each is checked with `HEAD` before upload.
     #[serde(default)]
@@ -202,6 +206,7 @@ impl FlightRecord {
             project_id: None,
             project_name: None,
             task_id: None,
+            generation: 0,
             verify_uploads: false,
             images_total: 0,
             images_uploaded: 0,

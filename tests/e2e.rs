@@ -288,3 +288,62 @@ async fn a_stopping_pass_starts_nothing_new() {
     assert!(rig.sim.webodm_projects().is_empty());
     rig.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_added_after_commit_warn_or_start_a_whole_new_task() {
+    let spec = small_spec();
+    let mut rig = Rig::new(&spec).await;
+    assert_no_errors(&rig.pass().await);
+    let before = rig.sim.dataset().expected_flights();
+    rig.sim.replace_dataset(&DatasetSpec {
+        images_per_flight: spec.images_per_flight + 2,
+        ..spec
+    });
+    let after = rig.sim.dataset().expected_flights();
+    let changed: Vec<_> = after.iter().filter(|f| !before.contains(f)).collect();
+    assert!(!changed.is_empty());
+
+    // Default "warn": WebODM keeps the committed set; the change is recorded once.
+    let s = rig.pass().await;
+    assert_no_errors(&s);
+    assert_eq!((s.tasks_created, s.images_uploaded), (0, 0));
+    {
+        let store = Store::open(&rig.config.sync.state_dir).unwrap();
+        let warned = store
+            .flights()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.change_warned)
+            .count();
+        assert_eq!(warned, changed.len());
+    }
+
+    // "new-task": each changed flight gets a second task holding its whole current set.
+    rig.config.sync.on_change_after_commit = tapis_webodm_sync::config::OnChange::NewTask;
+    let s = rig.pass().await;
+    assert_no_errors(&s);
+    assert_eq!(s.projects_created, 0);
+    assert_eq!(s.tasks_created, changed.len());
+    assert_eq!(s.tasks_committed, changed.len());
+    let want: usize = changed.iter().map(|f| f.images.len()).sum();
+    assert_eq!(s.images_uploaded as usize, want);
+    let projects = rig.sim.webodm_projects();
+    for f in &changed {
+        let name = format!("{} ({})", f.flight.trim(), f.system_id);
+        let p = projects.iter().find(|p| p.name == name).unwrap();
+        assert_eq!(p.tasks.len(), 2, "{name}");
+        let update = p
+            .tasks
+            .iter()
+            .find(|t| t.name.as_deref() == Some(&format!("Flight {} (update 1)", f.flight.trim())))
+            .unwrap();
+        assert!(!update.partial);
+        let names: Vec<_> = update.images.keys().cloned().collect();
+        let mut expected: Vec<_> = f.images.iter().map(|i| i.name.clone()).collect();
+        expected.sort();
+        assert_eq!(names, expected);
+    }
+    let idle = rig.pass().await;
+    assert_eq!((idle.tasks_created, idle.images_uploaded), (0, 0));
+    rig.sim.shutdown().await;
+}

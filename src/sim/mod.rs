@@ -67,7 +67,7 @@ impl Default for Credentials {
 
 /// State shared by every request handler.
 pub(crate) struct Shared {
-    dataset: Arc<Dataset>,
+    dataset: std::sync::RwLock<Arc<Dataset>>,
     creds: Credentials,
     tokens: Mutex<auth::Tokens>,
     webodm: Mutex<webodm::State>,
@@ -97,7 +97,7 @@ impl Sim {
         faults: Faults,
     ) -> std::io::Result<Sim> {
         let shared = Arc::new(Shared {
-            dataset: Arc::new(Dataset::generate(spec)),
+            dataset: std::sync::RwLock::new(Arc::new(Dataset::generate(spec))),
             creds: Credentials::default(),
             tokens: Mutex::default(),
             webodm: Mutex::default(),
@@ -165,9 +165,16 @@ impl Sim {
         &self.shared.creds
     }
 
-    /// The generated dataset.
-    pub fn dataset(&self) -> &Dataset {
-        &self.shared.dataset
+    /// The generated dataset (the current one, after [`Sim::replace_dataset`]).
+    pub fn dataset(&self) -> Arc<Dataset> {
+        self.shared.dataset()
+    }
+
+    /// Replaces what Tapis holds with the dataset of `spec`, as if people added or removed
+    /// files (a file at the same path keeps its bytes when `seed` and `image_size` stay).
+    /// WebODM's contents are kept; the report checks them against the new dataset.
+    pub fn replace_dataset(&self, spec: &DatasetSpec) {
+        *self.shared.dataset.write().expect("dataset lock") = Arc::new(Dataset::generate(spec));
     }
 
     /// What WebODM holds, checked against the dataset (same as `GET /__sim/report`).
@@ -266,7 +273,12 @@ impl Drop for Sim {
 impl Shared {
     fn report(&self) -> Report {
         let projects = self.webodm.lock().expect("webodm lock").projects.clone();
-        report::build(&self.dataset, &projects)
+        report::build(&self.dataset(), &projects)
+    }
+
+    /// The current dataset.
+    pub(crate) fn dataset(&self) -> Arc<Dataset> {
+        self.dataset.read().expect("dataset lock").clone()
     }
 }
 

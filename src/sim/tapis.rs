@@ -19,7 +19,7 @@ use rand::seq::SliceRandom;
 use serde_json::{json, Map, Value};
 
 use super::auth::{Check, Issued, Kind};
-use super::dataset::{Dir, File, NodeRef, SimSystem};
+use super::dataset::{Dataset, Dir, File, NodeRef, SimSystem};
 use super::faults::Cut;
 use super::util::{
     fmt_time, glob_match, json, like_match, param, percent_decode, query_pairs, text, unix, TimeFmt,
@@ -515,7 +515,7 @@ fn list_systems(sh: &Shared, user: &str, q: &[(String, String)]) -> Response {
         return bad("SEARCH_STARTAFTER_NO_ORDERBY startAfter requires orderBy.".into());
     }
     let mut rows: Vec<Map<String, Value>> = Vec::new();
-    for s in sh.dataset.systems.iter().filter(|s| visible(s, user)) {
+    for s in sh.dataset().systems.iter().filter(|s| visible(s, user)) {
         let full = system_json(s);
         let mut keep = true;
         for c in &conds {
@@ -627,8 +627,8 @@ fn list_systems(sh: &Shared, user: &str, q: &[(String, String)]) -> Response {
 }
 
 /// The system if `user` may read its files; else the error to answer.
-fn files_system<'a>(sh: &'a Shared, user: &str, id: &str) -> Result<&'a SimSystem, Response> {
-    match sh.dataset.system(id) {
+fn files_system<'a>(ds: &'a Dataset, user: &str, id: &str) -> Result<&'a SimSystem, Response> {
+    match ds.system(id) {
         Some(s) if s.visible_to(user) && s.enabled => Ok(s),
         Some(s) if s.visible_to(user) => Err(service_error(
             StatusCode::NOT_FOUND,
@@ -726,7 +726,8 @@ fn list_files(
     segments: &[String],
     q: &[(String, String)],
 ) -> Response {
-    let sys = match files_system(sh, user, sys_id) {
+    let ds = sh.dataset();
+    let sys = match files_system(&ds, user, sys_id) {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -790,7 +791,8 @@ fn content(
     segments: &[String],
     cut: Option<Cut>,
 ) -> Response {
-    let sys = match files_system(sh, user, sys_id) {
+    let ds = sh.dataset();
+    let sys = match files_system(&ds, user, sys_id) {
         Ok(s) => s,
         Err(r) => return r,
     };
