@@ -25,6 +25,16 @@ pub const EXIT_LOCKED: u8 = 75;
 /// Exit code: the config is unusable (EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
 
+/// The value of a step, or return its exit code (the step already printed the problem).
+macro_rules! or_exit {
+    ($step:expr) => {
+        match $step {
+            Ok(value) => value,
+            Err(code) => return code,
+        }
+    };
+}
+
 /// Loads the config and starts logging; prints the problem and returns 78 when it can't.
 fn load(flag: Option<PathBuf>) -> Result<(PathBuf, Config), u8> {
     let path = config::locate(flag.as_deref());
@@ -73,10 +83,7 @@ fn print_json<T: Serialize>(value: &T) {
 
 /// `run`: the daemon.
 pub async fn run(flag: Option<PathBuf>) -> u8 {
-    let (path, config) = match load(flag) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+    let (path, config) = or_exit!(load(flag));
     match daemon::run(path, config).await {
         Ok(()) => EXIT_OK,
         Err(e) => {
@@ -92,23 +99,14 @@ pub async fn run(flag: Option<PathBuf>) -> u8 {
 
 /// `once` and `plan`: one pass (or only its plan).
 pub async fn once(flag: Option<PathBuf>, dry_run: bool, systems: Vec<String>, json: bool) -> u8 {
-    let (_, config) = match load(flag) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let clients = match clients(&config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let (_, config) = or_exit!(load(flag));
+    let clients = or_exit!(clients(&config));
     // A dry run on a state dir that does not exist yet plans from an empty store and creates
     // nothing on disk.
     let store = if dry_run && !config.sync.state_dir.join("db").exists() {
         None
     } else {
-        match open_store(&config.sync.state_dir) {
-            Ok(s) => Some(s),
-            Err(code) => return code,
-        }
+        Some(or_exit!(open_store(&config.sync.state_dir)))
     };
     let opts = PassOptions {
         dry_run,
@@ -227,10 +225,7 @@ pub use crate::status::StatusRow;
 /// `status`: every flight in the store. When the daemon holds the state dir (sled allows one
 /// process), the snapshot it keeps in `<state_dir>/status.json` is shown instead.
 pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
-    let (_, config) = match load(flag) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+    let (_, config) = or_exit!(load(flag));
     let dir = &config.sync.state_dir;
     let rows = match Store::open(dir) {
         Ok(store) => match crate::status::rows(&store) {
@@ -322,14 +317,8 @@ pub struct SystemRow {
 
 /// `systems`: matching systems on Tapis.
 pub async fn systems(flag: Option<PathBuf>, json: bool) -> u8 {
-    let (_, config) = match load(flag) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let clients = match clients(&config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let (_, config) = or_exit!(load(flag));
+    let clients = or_exit!(clients(&config));
     let scope = Scope::new(&config.tapis, &config.layout, &[]);
     let listed = match discover::systems(&clients.tapis, &scope).await {
         Ok(l) => l,
@@ -386,14 +375,8 @@ pub struct FlightRow {
 
 /// `flights`: flights on Tapis now.
 pub async fn flights(flag: Option<PathBuf>, systems: Vec<String>, json: bool) -> u8 {
-    let (_, config) = match load(flag) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let clients = match clients(&config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let (_, config) = or_exit!(load(flag));
+    let clients = or_exit!(clients(&config));
     let scope = Scope::new(&config.tapis, &config.layout, &systems);
     let desired = match discover::discover(&clients.tapis, &scope).await {
         Ok(d) => d,
@@ -440,14 +423,8 @@ pub async fn flights(flag: Option<PathBuf>, systems: Vec<String>, json: bool) ->
 
 /// `forget`: drop a flight's record.
 pub async fn forget(flag: Option<PathBuf>, system: String, flight: String) -> u8 {
-    let (_, config) = match load(flag) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let store = match open_store(&config.sync.state_dir) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let (_, config) = or_exit!(load(flag));
+    let store = or_exit!(open_store(&config.sync.state_dir));
     let key = FlightKey::new(system, flight);
     match store.forget(&key).await {
         Ok(true) => {
@@ -467,14 +444,8 @@ pub async fn forget(flag: Option<PathBuf>, system: String, flight: String) -> u8
 
 /// `check-config`: validate, log in to both services, print the effective config.
 pub async fn check_config(flag: Option<PathBuf>) -> u8 {
-    let (path, config) = match load(flag) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
-    let clients = match clients(&config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let (path, config) = or_exit!(load(flag));
+    let clients = or_exit!(clients(&config));
     println!(
         "# {} is valid; effective config (secrets redacted):",
         path.display()

@@ -70,21 +70,22 @@ async fn pages_past_100_systems_and_1000_images() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_changes_nothing_and_predicts_the_pass() {
     let rig = Rig::new(&small_spec()).await;
-    let dry = rig
-        .pass_with(
-            PassOptions {
-                dry_run: true,
-                only_systems: vec![],
-            },
-            false,
-        )
-        .await;
+    let dry = rig.dry_run().await;
     assert_no_errors(&dry.summary);
     assert!(
         rig.sim.webodm_projects().is_empty(),
         "dry run created nothing"
     );
     assert_eq!(dry.summary.projects_created, 0);
+    let writes: u64 = rig
+        .sim
+        .stats()
+        .requests
+        .iter()
+        .filter(|(route, _)| route.starts_with("POST /api/projects"))
+        .flat_map(|(_, by_status)| by_status.values())
+        .sum();
+    assert_eq!(writes, 0, "a dry run writes nothing to WebODM");
     let plan = &dry.plan;
     let real = rig.pass().await;
     assert_no_errors(&real);
@@ -96,15 +97,7 @@ async fn dry_run_changes_nothing_and_predicts_the_pass() {
     );
     assert_eq!(plan.commits(), real.tasks_committed);
     // After the pass, a dry run plans nothing.
-    let after = rig
-        .pass_with(
-            PassOptions {
-                dry_run: true,
-                only_systems: vec![],
-            },
-            false,
-        )
-        .await;
+    let after = rig.dry_run().await;
     assert!(after.plan.is_noop(), "{:?}", after.plan);
     rig.sim.shutdown().await;
 }

@@ -58,6 +58,15 @@ impl Rig {
         .await
     }
 
+    /// A dry run: the plan of a pass, nothing applied.
+    pub async fn dry_run(&self) -> PassReport {
+        let opts = PassOptions {
+            dry_run: true,
+            only_systems: vec![],
+        };
+        self.pass_with(opts, false).await
+    }
+
     pub async fn pass(&self) -> PassSummary {
         self.pass_with(PassOptions::default(), false).await.summary
     }
