@@ -5,6 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+mod service_support;
+
 use tapis_webodm_sync::sim::{DatasetSpec, Sim};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tapis-webodm-sync");
@@ -226,4 +228,103 @@ async fn sim_prints_its_url_first_and_writes_a_config() {
 fn sim_rejects_out_of_range_fault_rates() {
     let o = run(&["sim", "--error-rate", "2"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+async fn run_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systems_and_flights_show_what_tapis_holds_within_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, config) = sim_with_config(dir.path()).await;
+    let expected = sim.dataset().expected_flights();
+
+    let o = run_async(vec![
+        "--config".into(),
+        config.clone(),
+        "systems".into(),
+        "--json".into(),
+    ])
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(rows
+        .iter()
+        .all(|r| r["id"].as_str().unwrap().starts_with("ptdatax.project.")));
+    let disabled: Vec<_> = rows.iter().filter(|r| r["enabled"] == false).collect();
+    assert!(
+        !disabled.is_empty(),
+        "the disabled decoy is listed: {rows:?}"
+    );
+    assert!(disabled
+        .iter()
+        .all(|r| r["scanned"] == false
+            && r["skipped_because"].as_str().unwrap().contains("disabled")));
+    for f in &expected {
+        assert!(
+            rows.iter()
+                .any(|r| r["id"] == f.system_id.as_str() && r["scanned"] == true),
+            "{} (owned or only shared) is listed and synced",
+            f.system_id
+        );
+    }
+
+    let o = run_async(vec![
+        "--config".into(),
+        config.clone(),
+        "flights".into(),
+        "--json".into(),
+    ])
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let flights: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(flights.len(), expected.len());
+    for f in &expected {
+        let row = flights
+            .iter()
+            .find(|r| {
+                r["system_id"] == f.system_id.as_str() && r["flight_name"] == f.flight.as_str()
+            })
+            .unwrap_or_else(|| panic!("{} / {} listed", f.system_id, f.flight));
+        assert_eq!(row["image_count"].as_u64(), Some(f.images.len() as u64));
+    }
+
+    // exclude_systems drops a system's flights; --systems narrows to one.
+    let excluded = expected[0].system_id.clone();
+    std::fs::create_dir(dir.path().join("narrow")).unwrap();
+    let (narrow, _) = service_support::write_config(
+        &sim,
+        &dir.path().join("narrow"),
+        &[("tapis", &format!("exclude_systems = [\"{excluded}\"]"))],
+        "",
+    );
+    let o = run_async(vec![
+        "--config".into(),
+        narrow.to_string_lossy().into_owned(),
+        "flights".into(),
+        "--json".into(),
+    ])
+    .await;
+    let flights: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!flights.is_empty());
+    assert!(flights.iter().all(|r| r["system_id"] != excluded.as_str()));
+    let o = run_async(vec![
+        "--config".into(),
+        config,
+        "flights".into(),
+        "--systems".into(),
+        excluded.clone(),
+        "--json".into(),
+    ])
+    .await;
+    let flights: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let want = expected.iter().filter(|f| f.system_id == excluded).count();
+    assert_eq!(flights.len(), want);
+    sim.shutdown().await;
 }
