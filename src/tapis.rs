@@ -23,6 +23,8 @@ const SERVICE: &str = "Tapis";
 const SYSTEMS_PAGE: usize = 100;
 /// Files per page (the most Tapis allows).
 const FILES_PAGE: usize = 1000;
+/// Most entries one listing may hold (a server that never ends a listing is refused).
+const MAX_ENTRIES: usize = 1_000_000;
 /// Attributes asked of each system (the default summary lacks `enabled` and `rootDir`).
 const SYSTEM_FIELDS: &str = "id,host,systemType,enabled,rootDir,owner";
 
@@ -79,8 +81,7 @@ pub struct FileEntry {
     /// File, directory, link or other.
     #[serde(rename = "type")]
     pub kind: FileKind,
-    /// Size in bytes.
-    #[serde(default)]
+    /// Size in bytes (required: a listing without it, or with a negative one, is refused).
     pub size: u64,
     /// Modification time as Tapis writes it (RFC 3339, e.g. `2024-05-01T16:55:57Z`).
     #[serde(default)]
@@ -169,6 +170,7 @@ impl TapisClient {
             cfg.max_concurrent_requests,
             cfg.timeout,
             retry,
+            &cfg.ca,
         )?;
         Ok(TapisClient {
             inner: Arc::new(Inner {
@@ -193,9 +195,9 @@ impl TapisClient {
         let url = svc.url(&["v3", "systems"], false);
         let search = format!("(id.like.{pattern})");
         let limit = SYSTEMS_PAGE.to_string();
-        let mut all = Vec::new();
+        let mut pages = Pages::new(format!("GET {}", url.path()), SYSTEMS_PAGE);
         loop {
-            let skip = all.len().to_string();
+            let skip = pages.received.to_string();
             let query = [
                 ("listType", "ALL"),
                 ("search", search.as_str()),
@@ -212,9 +214,7 @@ impl TapisClient {
                         .await
                 })
                 .await?;
-            let short = page.result.len() < SYSTEMS_PAGE;
-            all.extend(page.result);
-            if short {
+            if let Some(all) = pages.add(page.result, |s| s.id.clone(), "system")? {
                 return Ok(all);
             }
         }
@@ -226,9 +226,9 @@ impl TapisClient {
         let svc = &self.inner.svc;
         let url = svc.url(&segments(&["v3", "files", "ops", system], path), false);
         let limit = FILES_PAGE.to_string();
-        let mut all = Vec::new();
+        let mut pages = Pages::new(format!("GET {}", url.path()), FILES_PAGE);
         loop {
-            let offset = all.len().to_string();
+            let offset = pages.received.to_string();
             let query = [("limit", limit.as_str()), ("offset", offset.as_str())];
             let page: Envelope<Vec<FileEntry>> = svc
                 .retry(|| async {
@@ -238,9 +238,7 @@ impl TapisClient {
                         .await
                 })
                 .await?;
-            let short = page.result.len() < FILES_PAGE;
-            all.extend(page.result);
-            if short {
+            if let Some(all) = pages.add(page.result, |e| e.name.clone(), "entry")? {
                 return Ok(all);
             }
         }
@@ -254,7 +252,7 @@ impl TapisClient {
         let svc = &self.inner.svc;
         let url = svc.url(&segments(&["v3", "files", "content", system], path), false);
         let reply = self.call(|| svc.request(Method::GET, url.clone())).await?;
-        Ok(reply.into_stream())
+        Ok(reply.refuse_html().await?.into_stream())
     }
 
     /// HTTP requests sent to Tapis so far, retries and logins included.
@@ -411,6 +409,78 @@ impl TapisClient {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Collects a paged listing: drops entries a later page repeats unchanged, refuses a name that
+/// comes back with different contents, and stops a server that never ends the listing.
+struct Pages<T> {
+    op: String,
+    page_size: usize,
+    /// Entries received so far, repeats included (the next `skip`/`offset`).
+    received: usize,
+    all: Vec<T>,
+    seen: std::collections::HashMap<String, usize>,
+}
+
+impl<T: PartialEq + fmt::Debug> Pages<T> {
+    fn new(op: String, page_size: usize) -> Self {
+        Pages {
+            op,
+            page_size,
+            received: 0,
+            all: Vec::new(),
+            seen: Default::default(),
+        }
+    }
+
+    /// Adds one page; the whole listing once this page was the last (shorter than a full page).
+    fn add(
+        &mut self,
+        page: Vec<T>,
+        name: impl Fn(&T) -> String,
+        what: &str,
+    ) -> Result<Option<Vec<T>>, ApiError> {
+        let fail = |detail: String| ApiError::Decode {
+            service: SERVICE,
+            op: self.op.clone(),
+            detail,
+        };
+        let short = page.len() < self.page_size;
+        let offset = self.received;
+        self.received += page.len();
+        let mut fresh = 0;
+        for item in page {
+            let n = name(&item);
+            match self.seen.get(&n) {
+                Some(&i) if self.all[i] == item => {}
+                Some(&i) => {
+                    return Err(fail(format!(
+                        "the listing names {what} {n:?} twice with different contents: {:?} and {item:?}",
+                        self.all[i]
+                    )))
+                }
+                None => {
+                    self.seen.insert(n, self.all.len());
+                    self.all.push(item);
+                    fresh += 1;
+                }
+            }
+        }
+        if short {
+            return Ok(Some(std::mem::take(&mut self.all)));
+        }
+        if fresh == 0 {
+            return Err(fail(format!(
+                "the full page at offset {offset} only repeats earlier entries: the server does not page"
+            )));
+        }
+        if self.received >= MAX_ENTRIES {
+            return Err(fail(format!(
+                "the listing goes on past {MAX_ENTRIES} entries: refused"
+            )));
+        }
+        Ok(None)
     }
 }
 

@@ -169,6 +169,7 @@ impl WebodmClient {
             cfg.max_concurrent_uploads + EXTRA_SLOTS,
             cfg.timeout,
             retry,
+            &cfg.ca,
         )?;
         Ok(WebodmClient {
             inner: Arc::new(Inner {
