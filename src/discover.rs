@@ -424,6 +424,94 @@ mod tests {
     }
 
     #[test]
+    fn hostile_folder_names_are_refused() {
+        for bad in [
+            "",
+            "  ",
+            ".",
+            "..",
+            "a/b",
+            "../../api/projects/",
+            "x\u{0}y",
+            "tab\there",
+        ] {
+            assert!(unsafe_flight_name(bad).is_some(), "{bad:?}");
+        }
+        assert!(unsafe_flight_name(&"é".repeat(128)).is_some(), "256 bytes");
+        for ok in [
+            "Flight 1",
+            "..%2F..",
+            "%2e%2e",
+            ".hidden",
+            "a\\b",
+            "?x=1#y",
+            "Año \"q\"",
+        ] {
+            assert!(unsafe_flight_name(ok).is_none(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn webodm_stored_names_follow_its_normalisation() {
+        assert_eq!(webodm_stored_name("a\\b.jpg"), "b.jpg");
+        assert_eq!(webodm_stored_name("a/b/c.jpg"), "c.jpg");
+        assert_eq!(webodm_stored_name("..jpg"), "..jpg");
+        let long = format!("{}.jpg", "x".repeat(300));
+        let stored = webodm_stored_name(&long);
+        assert_eq!(stored.chars().count(), 255);
+        assert!(stored.ends_with("x.jpg"));
+        assert!(
+            unsafe_name(&format!("{}.jpg", "ü".repeat(130))).is_some(),
+            "264 bytes"
+        );
+    }
+
+    fn entry(name: &str, path: &str, size: u64) -> crate::tapis::FileEntry {
+        crate::tapis::FileEntry {
+            name: name.into(),
+            path: path.into(),
+            kind: FileKind::File,
+            size,
+            last_modified: "2024-05-01T00:00:00Z".into(),
+            mime_type: None,
+        }
+    }
+
+    #[test]
+    fn listings_are_believed_only_when_consistent() {
+        let key = FlightKey::new("s", "F");
+        let run =
+            |entries| flight_from_listing(&scope(), key.clone(), "F/code/images".into(), entries);
+        let (f, warnings) = run(vec![
+            entry("a.jpg", "F/code/images/a.jpg", 3),
+            entry("empty.jpg", "/F/code/images/empty.jpg", 0),
+            entry("x\\a.jpg", "F/code/images/x\\a.jpg", 3),
+        ])
+        .unwrap();
+        assert_eq!(f.images.len(), 1);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("\"empty.jpg\" skipped for now"),
+            "{warnings:?}"
+        );
+        assert_eq!(f.rejected.len(), 1);
+        assert!(
+            f.rejected[0].contains("the name of another image"),
+            "{:?}",
+            f.rejected
+        );
+        let e = run(vec![entry("a.jpg", "G/code/images/a.jpg", 3)]).unwrap_err();
+        assert!(e.contains("is not believed"), "{e}");
+        let e = run(vec![entry(
+            "a.jpg",
+            "F/code/images/a.jpg",
+            MAX_IMAGE_BYTES + 1,
+        )])
+        .unwrap_err();
+        assert!(e.contains("absurd size"), "{e}");
+    }
+
+    #[test]
     fn fingerprint_sums_and_takes_newest() {
         let img = |n: &str, size, t: &str| Image {
             name: n.into(),

@@ -484,6 +484,46 @@ impl<T: PartialEq + fmt::Debug> Pages<T> {
     }
 }
 
+/// Decodes the body of one file-listing answer the way [`TapisClient::list_dir`] does (pages of
+/// `page_size` entries, repeats dropped or refused). For property tests and fuzzing.
+#[doc(hidden)]
+pub fn decode_file_listing(body: &[u8], page_size: usize) -> Result<Vec<FileEntry>, ApiError> {
+    decode_pages(body, page_size, |e: &FileEntry| e.name.clone(), "entry")
+}
+
+/// Decodes one systems-listing answer the way [`TapisClient::list_systems`] does. For property
+/// tests and fuzzing.
+#[doc(hidden)]
+pub fn decode_systems_listing(body: &[u8], page_size: usize) -> Result<Vec<System>, ApiError> {
+    decode_pages(body, page_size, |s: &System| s.id.clone(), "system")
+}
+
+fn decode_pages<T: serde::de::DeserializeOwned + PartialEq + fmt::Debug>(
+    body: &[u8],
+    page_size: usize,
+    name: impl Fn(&T) -> String,
+    what: &str,
+) -> Result<Vec<T>, ApiError> {
+    let op = "GET /v3/test".to_string();
+    let page: Envelope<Vec<T>> =
+        crate::http::decode_json(SERVICE, op.clone(), "application/json", body)?;
+    let mut pages = Pages::new(op, page_size.max(1));
+    let mut items = page.result.into_iter().peekable();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(page_size.max(1)).collect();
+        let last = items.peek().is_none();
+        match pages.add(chunk, &name, what)? {
+            Some(all) => return Ok(all),
+            None if last => {
+                return pages
+                    .add(Vec::new(), &name, what)
+                    .map(Option::unwrap_or_default)
+            }
+            None => {}
+        }
+    }
+}
+
 /// `prefix` followed by the non-empty `/`-separated parts of `path`.
 fn segments<'a>(prefix: &[&'a str], path: &'a str) -> Vec<&'a str> {
     prefix
@@ -546,6 +586,87 @@ mod tests {
         let v = serde_json::json!({"result":{"access_token":{"access_token":"a"}}});
         let t: Envelope<Tokens> = serde_json::from_value(v).unwrap();
         assert!(t.result.refresh_token.is_none());
+    }
+
+    fn entry(name: &str, size: u64) -> FileEntry {
+        FileEntry {
+            name: name.into(),
+            path: format!("d/{name}"),
+            kind: FileKind::File,
+            size,
+            last_modified: String::new(),
+            mime_type: None,
+        }
+    }
+
+    #[test]
+    fn pages_drop_repeats_across_pages_and_refuse_conflicts() {
+        let mut p = Pages::new("GET /x".into(), 2);
+        assert_eq!(
+            p.add(
+                vec![entry("a", 1), entry("b", 2)],
+                |e| e.name.clone(),
+                "entry"
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(p.received, 2);
+        // The next page repeats `b` unchanged (a file was added before it meanwhile): dropped.
+        let all = p
+            .add(vec![entry("b", 2)], |e| e.name.clone(), "entry")
+            .unwrap()
+            .unwrap();
+        assert_eq!(all, vec![entry("a", 1), entry("b", 2)]);
+
+        let mut p = Pages::new("GET /x".into(), 2);
+        p.add(
+            vec![entry("a", 1), entry("b", 2)],
+            |e| e.name.clone(),
+            "entry",
+        )
+        .unwrap();
+        let e = p
+            .add(vec![entry("b", 3)], |e| e.name.clone(), "entry")
+            .unwrap_err();
+        assert!(matches!(e, ApiError::Decode { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("names entry \"b\" twice with different contents"),
+            "{e}"
+        );
+
+        // A server that ignores the offset and sends the same full page forever is stopped.
+        let mut p = Pages::new("GET /x".into(), 2);
+        p.add(
+            vec![entry("a", 1), entry("b", 2)],
+            |e| e.name.clone(),
+            "entry",
+        )
+        .unwrap();
+        let e = p
+            .add(
+                vec![entry("a", 1), entry("b", 2)],
+                |e| e.name.clone(),
+                "entry",
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("only repeats earlier entries"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listings_decode_through_the_same_path_as_the_client() {
+        let body = br#"{"result":[{"name":"a","path":"a","type":"file","size":1},
+                                 {"name":"a","path":"a","type":"file","size":1}]}"#;
+        assert_eq!(decode_file_listing(body, 1000).unwrap().len(), 1);
+        // With pages of one, a page holding only the repeat looks like a server that ignores
+        // `offset`: refused rather than looping.
+        assert!(decode_file_listing(body, 1).is_err());
+        assert!(decode_file_listing(b"<html>", 1000).is_err());
+        assert!(decode_systems_listing(br#"{"result":[{"id":"s"}]}"#, 100).is_ok());
     }
 
     #[test]

@@ -458,6 +458,42 @@ impl WebodmClient {
     }
 }
 
+/// Decodes a projects listing the way [`WebodmClient::list_projects`] does. For property tests
+/// and fuzzing.
+#[doc(hidden)]
+pub fn decode_projects(body: &[u8]) -> Result<Vec<Project>, ApiError> {
+    crate::http::decode_json(
+        SERVICE,
+        "GET /api/projects/".into(),
+        "application/json",
+        body,
+    )
+}
+
+/// Decodes a task the way [`WebodmClient::get_task`] does. For property tests and fuzzing.
+#[doc(hidden)]
+pub fn decode_task(body: &[u8]) -> Result<Task, ApiError> {
+    crate::http::decode_json(
+        SERVICE,
+        "GET /api/projects/1/tasks/t/".into(),
+        "application/json",
+        body,
+    )
+}
+
+/// Decodes an upload answer and returns the bytes stored under `file_name`, the way
+/// [`WebodmClient::upload_image`] reads it. For property tests and fuzzing.
+#[doc(hidden)]
+pub fn decode_upload(body: &[u8], file_name: &str) -> Result<Option<u64>, ApiError> {
+    let reply: UploadReply = crate::http::decode_json(
+        SERVICE,
+        "POST /api/upload/".into(),
+        "application/json",
+        body,
+    )?;
+    Ok(reply.uploaded.get(file_name).copied())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
