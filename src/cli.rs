@@ -41,6 +41,9 @@ fn load(flag: Option<PathBuf>) -> Result<(PathBuf, Config), u8> {
     match Config::load(&path) {
         Ok(c) => {
             crate::telemetry::init(c.log.format, &c.log.level);
+            c.warning_lines(&path)
+                .iter()
+                .for_each(|w| eprintln!("warning: {w}"));
             Ok((path, c))
         }
         Err(e @ ConfigError::Read { .. }) => {

@@ -83,6 +83,10 @@ pub struct Config {
     /// Admin endpoint.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Problems that do not stop the daemon (group/other-readable secret files, plain `http://`
+    /// to another host); shown by `check-config` and at startup.
+    #[serde(skip)]
+    pub warnings: Vec<Problem>,
 }
 
 /// `[tapis]`: the Tapis tenant, account and what to scan.
@@ -130,9 +134,16 @@ pub struct TapisConfig {
     /// Longest silence on a connection before the request is abandoned and retried.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// PEM bundle of extra CA certificates trusted for Tapis (a private CA), on top of the OS
+    /// trust store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Resolved credentials (not a key of the file).
     #[serde(skip)]
     pub auth: TapisAuth,
+    /// The certificates read from `ca_file` (not a key of the file).
+    #[serde(skip)]
+    pub ca: CaBundle,
 }
 
 /// How the daemon authenticates to Tapis, resolved from the `[tapis]` keys.
@@ -203,9 +214,31 @@ pub struct WebodmConfig {
     /// Longest silence on a connection before the request is abandoned and retried.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// PEM bundle of extra CA certificates trusted for WebODM (a private CA), on top of the OS
+    /// trust store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Resolved password (not a key of the file).
     #[serde(skip)]
     pub resolved_password: Secret,
+    /// The certificates read from `ca_file` (not a key of the file).
+    #[serde(skip)]
+    pub ca: CaBundle,
+}
+
+/// Extra trusted CA certificates (PEM), read and checked when the config is loaded.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct CaBundle {
+    /// The PEM text of the bundle (empty: only the OS trust store).
+    pub pem: Vec<u8>,
+    /// Certificates in it.
+    pub count: usize,
+}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CaBundle({} certificates)", self.count)
+    }
 }
 
 /// One WebODM processing option.
@@ -573,16 +606,22 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
     );
     for p in problems {
         out.push_str("\n  ");
-        out.push_str(&path.display().to_string());
-        if let Some((line, col)) = p.position {
-            out.push_str(&format!(":{line}:{col}"));
-        }
-        if !p.key.is_empty() {
-            out.push_str(&format!(": key `{}`", p.key));
-        }
-        out.push_str(": ");
-        out.push_str(&p.message);
+        out.push_str(&render_problem(path, p));
     }
+    out
+}
+
+/// `<file>[:<line>:<col>][: key `<key>`]: <message>`.
+fn render_problem(path: &Path, p: &Problem) -> String {
+    let mut out = path.display().to_string();
+    if let Some((line, col)) = p.position {
+        out.push_str(&format!(":{line}:{col}"));
+    }
+    if !p.key.is_empty() {
+        out.push_str(&format!(": key `{}`", p.key));
+    }
+    out.push_str(": ");
+    out.push_str(&p.message);
     out
 }
 
@@ -614,9 +653,17 @@ impl Config {
             problems,
         };
         let mut config: Config = parse(text).map_err(|p| invalid(vec![p]))?;
+        let base = path.parent().unwrap_or(Path::new("."));
         let mut problems = config.validate();
-        problems.extend(config.resolve_secrets(path.parent().unwrap_or(Path::new("."))));
+        problems.extend(config.resolve_secrets(base));
+        problems.extend(config.resolve_ca_files(base));
         if problems.is_empty() {
+            let mut warnings = config.warn_insecure_urls();
+            warnings.extend(secret_file_warnings(&config, base));
+            for w in &mut warnings {
+                w.position = w.position.or_else(|| key_position(text, &w.key));
+            }
+            config.warnings = warnings;
             Ok(config)
         } else {
             for p in &mut problems {
@@ -807,6 +854,148 @@ impl Config {
         }
         out
     }
+}
+
+impl Config {
+    /// The warnings as lines `<file>:<line>:<col>: key `<key>`: <message>`, like errors.
+    pub fn warning_lines(&self, path: &Path) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|w| render_problem(path, w))
+            .collect()
+    }
+
+    /// Reads each service's `ca_file` into its [`CaBundle`]; returns the problems found.
+    fn resolve_ca_files(&mut self, base: &Path) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (key, file, ca) in [
+            ("tapis.ca_file", &self.tapis.ca_file, &mut self.tapis.ca),
+            ("webodm.ca_file", &self.webodm.ca_file, &mut self.webodm.ca),
+        ] {
+            if let Some(file) = file {
+                match read_ca_file(base, file) {
+                    Ok(bundle) => *ca = bundle,
+                    Err(message) => out.push(problem(key, message)),
+                }
+            }
+        }
+        out
+    }
+
+    /// `http://` base URLs whose host is not loopback: credentials would cross the network in
+    /// clear text.
+    fn warn_insecure_urls(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (key, url) in [
+            ("tapis.base_url", &self.tapis.base_url),
+            ("webodm.base_url", &self.webodm.base_url),
+        ] {
+            if url.scheme() == "http" && !is_loopback(url) {
+                out.push(problem(
+                    key,
+                    format!(
+                        "`{url}` is plain http:// to a host that is not loopback: the password and \
+                         tokens cross the network unencrypted; use https://"
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Whether a URL's host is a loopback address or `localhost`.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
+/// Secret files (`password_file`, `client_key_file`, `token_file`) that group or other may read.
+fn secret_file_warnings(config: &Config, base: &Path) -> Vec<Problem> {
+    let t = &config.tapis;
+    let files = [
+        ("tapis.password_file", &t.password_file),
+        ("tapis.client_key_file", &t.client_key_file),
+        ("tapis.token_file", &t.token_file),
+        ("webodm.password_file", &config.webodm.password_file),
+    ];
+    let mut out = Vec::new();
+    for (key, file) in files {
+        let Some(file) = file else { continue };
+        let Ok(expanded) = expand_vars(&file.to_string_lossy()) else {
+            continue;
+        };
+        let path = base.join(expanded);
+        if let Some(mode) = loose_mode(&path) {
+            let shown = std::path::absolute(&path).unwrap_or(path);
+            out.push(problem(
+                key,
+                format!(
+                    "secret file {} has mode {mode:04o}: group or other may read it; \
+                     fix: chmod 600 {}",
+                    shown.display(),
+                    shell_quote(&shown.to_string_lossy())
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// The permission bits of a file that group or other can access, if any.
+#[cfg(unix)]
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn loose_mode(_path: &Path) -> Option<u32> {
+    None
+}
+
+/// `s` quoted for a POSIX shell when it needs it.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Reads a PEM bundle of CA certificates (`${VAR}` expanded, relative to the config's folder).
+fn read_ca_file(base: &Path, file: &Path) -> Result<CaBundle, String> {
+    let expanded = expand_vars(&file.to_string_lossy())?;
+    let path = base.join(expanded);
+    let pem =
+        std::fs::read(&path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        format!(
+            "CA file {} is not a PEM bundle of certificates: {e}",
+            path.display()
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "CA file {} holds no `-----BEGIN CERTIFICATE-----` block",
+            path.display()
+        ));
+    }
+    Ok(CaBundle {
+        pem,
+        count: certs.len(),
+    })
 }
 
 fn problem(key: &str, message: String) -> Problem {

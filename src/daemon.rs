@@ -106,7 +106,8 @@ pub async fn pass(
     let (t0, w0) = (clients.tapis.requests(), clients.webodm.requests());
     let mut summary = PassSummary::default();
     let mut plan = Plan::default();
-    let scope = Scope::new(&config.tapis, &config.layout, &opts.only_systems);
+    let scope =
+        Scope::new(&config.tapis, &config.layout, &opts.only_systems).expect_flights_on(store);
     // Discovery changes nothing: a stop signal arriving during it ends the pass at once. (A
     // pass started with `stopping` already set still plans and creates, uploading nothing.)
     let discovered = if stopping.load(Ordering::SeqCst) {

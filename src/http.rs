@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
-use crate::config::{RetryConfig, Secret};
+use crate::config::{CaBundle, RetryConfig, Secret};
 
 /// A response body as a stream of chunks, as returned by a download and taken by an upload.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
@@ -303,15 +303,19 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    /// Reads the whole body as JSON.
-    pub(crate) async fn json<T: DeserializeOwned>(self) -> Result<T, ApiError> {
-        let content_type = self
-            .resp
+    /// The response's `Content-Type`, if it has a readable one.
+    pub(crate) fn content_type(&self) -> Option<&str> {
+        self.resp
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("none")
-            .to_string();
+    }
+
+    /// Reads the whole body as JSON. A body that is not the JSON expected (HTML, plain text,
+    /// empty, truncated, wrong shape) is an [`ApiError::Decode`] that names the content type
+    /// and quotes the start of the body.
+    pub(crate) async fn json<T: DeserializeOwned>(self) -> Result<T, ApiError> {
+        let content_type = self.content_type().unwrap_or("none").to_string();
         let (service, op) = (self.service, self.op);
         let bytes = self
             .resp
@@ -319,12 +323,25 @@ impl Reply {
             .await
             .map_err(|e| transport(service, &op, "reading the body", e))?;
         drop(self.permit);
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
+        decode_json(service, op, &content_type, &bytes)
+    }
+
+    /// Refuses a `text/html` body where file content was expected (an error or login page
+    /// answered with 200 by a proxy): an [`ApiError::Decode`] quoting its start.
+    pub(crate) async fn refuse_html(self) -> Result<Reply, ApiError> {
+        let html = self
+            .content_type()
+            .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/html"));
+        if !html {
+            return Ok(self);
+        }
+        let (service, op) = (self.service, self.op.clone());
+        let body = read_snippet(self.resp).await;
+        Err(ApiError::Decode {
             service,
             op,
             detail: format!(
-                "{} (content-type {content_type})",
-                redact_jwts(&e.to_string())
+                "expected file content, got an HTML page (content-type text/html): {body}"
             ),
         })
     }
@@ -336,6 +353,54 @@ impl Reply {
             let _slot = &permit;
             chunk.map_err(|e| transport(service, &op, "reading the body", e))
         }))
+    }
+}
+
+/// Decodes a JSON body, or explains why it is not the JSON expected.
+pub(crate) fn decode_json<T: DeserializeOwned>(
+    service: &'static str,
+    op: String,
+    content_type: &str,
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    let fail = |what: String| ApiError::Decode {
+        service,
+        op: op.clone(),
+        detail: what,
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(fail(format!(
+            "empty body where JSON was expected (content-type {content_type})"
+        )));
+    }
+    let describe = |inner: &serde_json::Error, at: String| {
+        let at = if at == "." || at.is_empty() {
+            String::new()
+        } else {
+            format!(" at `{at}`")
+        };
+        // serde_json reports some type mismatches (e.g. a number for an enum) as syntax
+        // errors: whether the body is JSON at all decides.
+        let what = if (inner.is_syntax() || inner.is_eof())
+            && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_err()
+        {
+            "not valid JSON"
+        } else {
+            "JSON of the wrong shape"
+        };
+        fail(format!(
+            "{what}{at}: {} (content-type {content_type}; body starts: {})",
+            redact_jwts(&inner.to_string()),
+            snippet(&bytes[..bytes.len().min(SNIPPET_READ)])
+        ))
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => de
+            .end()
+            .map(|()| v)
+            .map_err(|e| describe(&e, String::new())),
+        Err(e) => Err(describe(e.inner(), e.path().to_string())),
     }
 }
 
@@ -440,6 +505,7 @@ impl Service {
         concurrency: usize,
         timeout: Duration,
         retry: &RetryConfig,
+        ca: &CaBundle,
     ) -> Result<Self, ApiError> {
         let setup = |detail: String| ApiError::Setup {
             service: name,
@@ -452,13 +518,19 @@ impl Service {
         }
         let rps = NonZeroU32::new(rps).ok_or_else(|| setup("requests_per_second is 0".into()))?;
         let burst = NonZeroU32::new((rps.get() / 5).max(1)).unwrap_or(NonZeroU32::MIN);
-        let client = reqwest::Client::builder()
+        // rustls, verifying against the OS trust store (rustls-platform-verifier) plus the
+        // service's `ca_file`; there is deliberately no way to turn verification off.
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("tapis-webodm-sync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(timeout)
-            .tls_backend_rustls()
-            .build()
-            .map_err(|e| setup(e.to_string()))?;
+            .tls_backend_rustls();
+        if !ca.pem.is_empty() {
+            let certs = reqwest::Certificate::from_pem_bundle(&ca.pem)
+                .map_err(|e| setup(format!("ca_file: {e}")))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build().map_err(|e| setup(e.to_string()))?;
         Ok(Service {
             name,
             base: base.clone(),
@@ -881,6 +953,7 @@ mod tests {
             2,
             Duration::from_secs(5),
             &RetryConfig::default(),
+            &CaBundle::default(),
         )
         .unwrap()
     }
@@ -907,7 +980,8 @@ mod tests {
             1,
             1,
             Duration::from_secs(1),
-            &RetryConfig::default()
+            &RetryConfig::default(),
+            &CaBundle::default(),
         )
         .is_err());
     }
@@ -942,6 +1016,7 @@ mod tests {
                 max: Duration::from_millis(5),
                 max_elapsed: Duration::from_secs(5),
             },
+            &CaBundle::default(),
         )
         .unwrap();
         let calls = AtomicU64::new(0);

@@ -23,6 +23,8 @@ const SERVICE: &str = "Tapis";
 const SYSTEMS_PAGE: usize = 100;
 /// Files per page (the most Tapis allows).
 const FILES_PAGE: usize = 1000;
+/// Most entries one listing may hold (a server that never ends a listing is refused).
+const MAX_ENTRIES: usize = 1_000_000;
 /// Attributes asked of each system (the default summary lacks `enabled` and `rootDir`).
 const SYSTEM_FIELDS: &str = "id,host,systemType,enabled,rootDir,owner";
 
@@ -79,8 +81,7 @@ pub struct FileEntry {
     /// File, directory, link or other.
     #[serde(rename = "type")]
     pub kind: FileKind,
-    /// Size in bytes.
-    #[serde(default)]
+    /// Size in bytes (required: a listing without it, or with a negative one, is refused).
     pub size: u64,
     /// Modification time as Tapis writes it (RFC 3339, e.g. `2024-05-01T16:55:57Z`).
     #[serde(default)]
@@ -169,6 +170,7 @@ impl TapisClient {
             cfg.max_concurrent_requests,
             cfg.timeout,
             retry,
+            &cfg.ca,
         )?;
         Ok(TapisClient {
             inner: Arc::new(Inner {
@@ -193,9 +195,9 @@ impl TapisClient {
         let url = svc.url(&["v3", "systems"], false);
         let search = format!("(id.like.{pattern})");
         let limit = SYSTEMS_PAGE.to_string();
-        let mut all = Vec::new();
+        let mut pages = Pages::new(format!("GET {}", url.path()), SYSTEMS_PAGE);
         loop {
-            let skip = all.len().to_string();
+            let skip = pages.received.to_string();
             let query = [
                 ("listType", "ALL"),
                 ("search", search.as_str()),
@@ -212,9 +214,7 @@ impl TapisClient {
                         .await
                 })
                 .await?;
-            let short = page.result.len() < SYSTEMS_PAGE;
-            all.extend(page.result);
-            if short {
+            if let Some(all) = pages.add(page.result, |s| s.id.clone(), "system")? {
                 return Ok(all);
             }
         }
@@ -226,9 +226,9 @@ impl TapisClient {
         let svc = &self.inner.svc;
         let url = svc.url(&segments(&["v3", "files", "ops", system], path), false);
         let limit = FILES_PAGE.to_string();
-        let mut all = Vec::new();
+        let mut pages = Pages::new(format!("GET {}", url.path()), FILES_PAGE);
         loop {
-            let offset = all.len().to_string();
+            let offset = pages.received.to_string();
             let query = [("limit", limit.as_str()), ("offset", offset.as_str())];
             let page: Envelope<Vec<FileEntry>> = svc
                 .retry(|| async {
@@ -238,9 +238,7 @@ impl TapisClient {
                         .await
                 })
                 .await?;
-            let short = page.result.len() < FILES_PAGE;
-            all.extend(page.result);
-            if short {
+            if let Some(all) = pages.add(page.result, |e| e.name.clone(), "entry")? {
                 return Ok(all);
             }
         }
@@ -254,7 +252,7 @@ impl TapisClient {
         let svc = &self.inner.svc;
         let url = svc.url(&segments(&["v3", "files", "content", system], path), false);
         let reply = self.call(|| svc.request(Method::GET, url.clone())).await?;
-        Ok(reply.into_stream())
+        Ok(reply.refuse_html().await?.into_stream())
     }
 
     /// HTTP requests sent to Tapis so far, retries and logins included.
@@ -414,6 +412,118 @@ impl TapisClient {
     }
 }
 
+/// Collects a paged listing: drops entries a later page repeats unchanged, refuses a name that
+/// comes back with different contents, and stops a server that never ends the listing.
+struct Pages<T> {
+    op: String,
+    page_size: usize,
+    /// Entries received so far, repeats included (the next `skip`/`offset`).
+    received: usize,
+    all: Vec<T>,
+    seen: std::collections::HashMap<String, usize>,
+}
+
+impl<T: PartialEq + fmt::Debug> Pages<T> {
+    fn new(op: String, page_size: usize) -> Self {
+        Pages {
+            op,
+            page_size,
+            received: 0,
+            all: Vec::new(),
+            seen: Default::default(),
+        }
+    }
+
+    /// Adds one page; the whole listing once this page was the last (shorter than a full page).
+    fn add(
+        &mut self,
+        page: Vec<T>,
+        name: impl Fn(&T) -> String,
+        what: &str,
+    ) -> Result<Option<Vec<T>>, ApiError> {
+        let fail = |detail: String| ApiError::Decode {
+            service: SERVICE,
+            op: self.op.clone(),
+            detail,
+        };
+        let short = page.len() < self.page_size;
+        let offset = self.received;
+        self.received += page.len();
+        let mut fresh = 0;
+        for item in page {
+            let n = name(&item);
+            match self.seen.get(&n) {
+                Some(&i) if self.all[i] == item => {}
+                Some(&i) => {
+                    return Err(fail(format!(
+                        "the listing names {what} {n:?} twice with different contents: {:?} and {item:?}",
+                        self.all[i]
+                    )))
+                }
+                None => {
+                    self.seen.insert(n, self.all.len());
+                    self.all.push(item);
+                    fresh += 1;
+                }
+            }
+        }
+        if short {
+            return Ok(Some(std::mem::take(&mut self.all)));
+        }
+        if fresh == 0 {
+            return Err(fail(format!(
+                "the full page at offset {offset} only repeats earlier entries: the server does not page"
+            )));
+        }
+        if self.received >= MAX_ENTRIES {
+            return Err(fail(format!(
+                "the listing goes on past {MAX_ENTRIES} entries: refused"
+            )));
+        }
+        Ok(None)
+    }
+}
+
+/// Decodes the body of one file-listing answer the way [`TapisClient::list_dir`] does (pages of
+/// `page_size` entries, repeats dropped or refused). For property tests and fuzzing.
+#[doc(hidden)]
+pub fn decode_file_listing(body: &[u8], page_size: usize) -> Result<Vec<FileEntry>, ApiError> {
+    decode_pages(body, page_size, |e: &FileEntry| e.name.clone(), "entry")
+}
+
+/// Decodes one systems-listing answer the way [`TapisClient::list_systems`] does. For property
+/// tests and fuzzing.
+#[doc(hidden)]
+pub fn decode_systems_listing(body: &[u8], page_size: usize) -> Result<Vec<System>, ApiError> {
+    decode_pages(body, page_size, |s: &System| s.id.clone(), "system")
+}
+
+fn decode_pages<T: serde::de::DeserializeOwned + PartialEq + fmt::Debug>(
+    body: &[u8],
+    page_size: usize,
+    name: impl Fn(&T) -> String,
+    what: &str,
+) -> Result<Vec<T>, ApiError> {
+    let op = "GET /v3/test".to_string();
+    let page: Envelope<Vec<T>> =
+        crate::http::decode_json(SERVICE, op.clone(), "application/json", body)?;
+    let mut pages = Pages::new(op, page_size.max(1));
+    let mut items = page.result.into_iter().peekable();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(page_size.max(1)).collect();
+        let last = items.peek().is_none();
+        match pages.add(chunk, &name, what)? {
+            Some(all) => return Ok(all),
+            None if last => {
+                return pages
+                    .add(Vec::new(), &name, what)
+                    .map(Option::unwrap_or_default)
+            }
+            None => {}
+        }
+    }
+}
+
 /// `prefix` followed by the non-empty `/`-separated parts of `path`.
 fn segments<'a>(prefix: &[&'a str], path: &'a str) -> Vec<&'a str> {
     prefix
@@ -476,6 +586,87 @@ mod tests {
         let v = serde_json::json!({"result":{"access_token":{"access_token":"a"}}});
         let t: Envelope<Tokens> = serde_json::from_value(v).unwrap();
         assert!(t.result.refresh_token.is_none());
+    }
+
+    fn entry(name: &str, size: u64) -> FileEntry {
+        FileEntry {
+            name: name.into(),
+            path: format!("d/{name}"),
+            kind: FileKind::File,
+            size,
+            last_modified: String::new(),
+            mime_type: None,
+        }
+    }
+
+    #[test]
+    fn pages_drop_repeats_across_pages_and_refuse_conflicts() {
+        let mut p = Pages::new("GET /x".into(), 2);
+        assert_eq!(
+            p.add(
+                vec![entry("a", 1), entry("b", 2)],
+                |e| e.name.clone(),
+                "entry"
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(p.received, 2);
+        // The next page repeats `b` unchanged (a file was added before it meanwhile): dropped.
+        let all = p
+            .add(vec![entry("b", 2)], |e| e.name.clone(), "entry")
+            .unwrap()
+            .unwrap();
+        assert_eq!(all, vec![entry("a", 1), entry("b", 2)]);
+
+        let mut p = Pages::new("GET /x".into(), 2);
+        p.add(
+            vec![entry("a", 1), entry("b", 2)],
+            |e| e.name.clone(),
+            "entry",
+        )
+        .unwrap();
+        let e = p
+            .add(vec![entry("b", 3)], |e| e.name.clone(), "entry")
+            .unwrap_err();
+        assert!(matches!(e, ApiError::Decode { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("names entry \"b\" twice with different contents"),
+            "{e}"
+        );
+
+        // A server that ignores the offset and sends the same full page forever is stopped.
+        let mut p = Pages::new("GET /x".into(), 2);
+        p.add(
+            vec![entry("a", 1), entry("b", 2)],
+            |e| e.name.clone(),
+            "entry",
+        )
+        .unwrap();
+        let e = p
+            .add(
+                vec![entry("a", 1), entry("b", 2)],
+                |e| e.name.clone(),
+                "entry",
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("only repeats earlier entries"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listings_decode_through_the_same_path_as_the_client() {
+        let body = br#"{"result":[{"name":"a","path":"a","type":"file","size":1},
+                                 {"name":"a","path":"a","type":"file","size":1}]}"#;
+        assert_eq!(decode_file_listing(body, 1000).unwrap().len(), 1);
+        // With pages of one, a page holding only the repeat looks like a server that ignores
+        // `offset`: refused rather than looping.
+        assert!(decode_file_listing(body, 1).is_err());
+        assert!(decode_file_listing(b"<html>", 1000).is_err());
+        assert!(decode_systems_listing(br#"{"result":[{"id":"s"}]}"#, 100).is_ok());
     }
 
     #[test]

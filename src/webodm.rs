@@ -169,6 +169,7 @@ impl WebodmClient {
             cfg.max_concurrent_uploads + EXTRA_SLOTS,
             cfg.timeout,
             retry,
+            &cfg.ca,
         )?;
         Ok(WebodmClient {
             inner: Arc::new(Inner {
@@ -455,6 +456,42 @@ impl WebodmClient {
         *cached = Some(CachedToken::new(token.clone(), None));
         Ok(token)
     }
+}
+
+/// Decodes a projects listing the way [`WebodmClient::list_projects`] does. For property tests
+/// and fuzzing.
+#[doc(hidden)]
+pub fn decode_projects(body: &[u8]) -> Result<Vec<Project>, ApiError> {
+    crate::http::decode_json(
+        SERVICE,
+        "GET /api/projects/".into(),
+        "application/json",
+        body,
+    )
+}
+
+/// Decodes a task the way [`WebodmClient::get_task`] does. For property tests and fuzzing.
+#[doc(hidden)]
+pub fn decode_task(body: &[u8]) -> Result<Task, ApiError> {
+    crate::http::decode_json(
+        SERVICE,
+        "GET /api/projects/1/tasks/t/".into(),
+        "application/json",
+        body,
+    )
+}
+
+/// Decodes an upload answer and returns the bytes stored under `file_name`, the way
+/// [`WebodmClient::upload_image`] reads it. For property tests and fuzzing.
+#[doc(hidden)]
+pub fn decode_upload(body: &[u8], file_name: &str) -> Result<Option<u64>, ApiError> {
+    let reply: UploadReply = crate::http::decode_json(
+        SERVICE,
+        "POST /api/upload/".into(),
+        "application/json",
+        body,
+    )?;
+    Ok(reply.uploaded.get(file_name).copied())
 }
 
 #[cfg(test)]
