@@ -431,6 +431,9 @@ fn reload_config(path: &Path, old: &Config) -> Option<(Config, Clients)> {
             return None;
         }
     }
+    for line in new.warning_lines(path) {
+        warn!("{line}");
+    }
     if new.sync.state_dir != old.sync.state_dir {
         warn!("sync.state_dir changed: it takes effect at the next restart");
     }
