@@ -275,7 +275,9 @@ impl Engine<'_> {
                 out.tasks_created += self.ensure_task(rec).await? as usize;
             }
             Step::Upload { images, .. } => {
-                let (n, bytes) = self.upload_all(rec, images, uploads).await?;
+                let (n, bytes) = self
+                    .upload_all(rec, &fp.flight.images_path, images, uploads)
+                    .await?;
                 out.images_uploaded += n;
                 out.bytes_uploaded += bytes;
             }
@@ -444,6 +446,7 @@ impl Engine<'_> {
     async fn upload_all(
         &self,
         rec: &mut FlightRecord,
+        images_path: &str,
         images: &[Image],
         uploads: &Arc<Semaphore>,
     ) -> Result<(u64, u64), StepError> {
@@ -465,7 +468,8 @@ impl Engine<'_> {
                     if self.stopping.load(Ordering::SeqCst) {
                         return Ok(None);
                     }
-                    self.transfer(key, project, task, img, verify).await
+                    self.transfer(key, project, task, images_path, img, verify)
+                        .await
                 }
             })
             .buffer_unordered(self.config.webodm.max_concurrent_uploads)
@@ -502,9 +506,11 @@ impl Engine<'_> {
         key: &FlightKey,
         project: i64,
         task: &str,
+        images_path: &str,
         img: &Image,
         verify: bool,
     ) -> Result<Option<u64>, StepError> {
+        let path = format!("{images_path}/{}", img.name);
         let record = UploadedImage {
             size: img.size,
             last_modified: img.last_modified.clone(),
@@ -522,8 +528,8 @@ impl Engine<'_> {
             }
         }
         let attempt = || async {
-            let body = self.tapis.download(&key.system, &img.path).await?;
-            let body = crate::http::verify_length(body, img.size, img.path.clone());
+            let body = self.tapis.download(&key.system, &path).await?;
+            let body = crate::http::verify_length(body, img.size, path.clone());
             let body: crate::http::ByteStream = Box::pin(body.inspect(|_| crate::metrics::beat()));
             let body = match &self.progress {
                 Some(bar) => {
@@ -611,6 +617,9 @@ impl Engine<'_> {
         rec.committed_listing = Some(rec.listing);
         rec.change_warned = false;
         self.store.put_flight(rec).await?;
+        // Nothing reads a committed flight's image records (an update task uploads the whole
+        // set): drop them so the store grows with flights, not images.
+        self.store.clear_images(&key)?;
         self.store.close_intent(&key, IntentKind::Commit).await?;
         Ok(committed_now)
     }

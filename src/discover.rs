@@ -99,8 +99,6 @@ impl Scope {
 pub struct Image {
     /// File name (also its name in WebODM).
     pub name: String,
-    /// Path relative to the system root.
-    pub path: String,
     /// Bytes.
     pub size: u64,
     /// `lastModified` as Tapis sent it.
@@ -225,10 +223,15 @@ pub async fn discover(tapis: &TapisClient, scope: &Scope) -> Result<Desired, Api
         }
     }
 
+    // Each listing becomes its `Flight` as soon as it arrives, so the raw entries of at most
+    // `concurrency` listings are alive at once.
     let listings: Vec<_> = stream::iter(candidates)
         .map(|key| async move {
             let path = format!("{}/{}", key.flight, scope.images_dir);
-            let listing = tapis.list_dir(&key.system, &path).await;
+            let listing = tapis
+                .list_dir(&key.system, &path)
+                .await
+                .map(|entries| flight_from_listing(scope, key.clone(), path.clone(), entries));
             (key, path, listing)
         })
         .buffer_unordered(scope.concurrency)
@@ -237,7 +240,7 @@ pub async fn discover(tapis: &TapisClient, scope: &Scope) -> Result<Desired, Api
     let mut flights = BTreeMap::new();
     for (key, images_path, listing) in listings {
         match listing {
-            Ok(entries) => match flight_from_listing(scope, key.clone(), images_path, entries) {
+            Ok(converted) => match converted {
                 Ok((flight, warnings)) => {
                     for w in &warnings {
                         tracing::warn!(system = %key.system, flight = %key.flight, "{w}");
@@ -280,7 +283,7 @@ fn flight_from_listing(
     let mut flight = Flight {
         key: key.clone(),
         images_path,
-        images: vec![],
+        images: Vec::with_capacity(entries.len()),
         rejected: vec![],
     };
     let listed: BTreeSet<String> = entries
@@ -328,7 +331,6 @@ fn flight_from_listing(
         }
         flight.images.push(Image {
             name: e.name,
-            path: expected_path,
             size: e.size,
             last_modified: e.last_modified,
         });
@@ -515,7 +517,6 @@ mod tests {
     fn fingerprint_sums_and_takes_newest() {
         let img = |n: &str, size, t: &str| Image {
             name: n.into(),
-            path: n.into(),
             size,
             last_modified: t.into(),
         };

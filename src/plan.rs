@@ -347,7 +347,6 @@ mod tests {
     fn image(name: &str, size: u64) -> Image {
         Image {
             name: name.into(),
-            path: format!("F/code/images/{name}"),
             size,
             last_modified: "2024-05-01T16:55:57Z".into(),
         }
