@@ -32,6 +32,8 @@ pub(crate) enum Check {
     Valid(String),
     /// Known but past its expiry.
     Expired(SystemTime),
+    /// Known but revoked.
+    Revoked,
     /// Not issued by us (or of another kind).
     Unknown,
 }
@@ -41,6 +43,7 @@ struct Record {
     kind: Kind,
     username: String,
     expires: SystemTime,
+    revoked: bool,
 }
 
 /// Issued tokens and their lifetimes.
@@ -48,6 +51,8 @@ struct Record {
 pub(crate) struct Tokens {
     pub tapis_ttl: Duration,
     pub webodm_ttl: Duration,
+    /// Lifetime of Tapis access tokens and WebODM tokens when set (`Faults::token_ttl`).
+    pub ttl_override: Option<Duration>,
     refresh_ttl: Duration,
     table: HashMap<String, Record>,
 }
@@ -57,6 +62,7 @@ impl Default for Tokens {
         Tokens {
             tapis_ttl: Duration::from_secs(4 * 3600),
             webodm_ttl: Duration::from_secs(6 * 3600),
+            ttl_override: None,
             refresh_ttl: Duration::from_secs(365 * 86_400),
             table: HashMap::new(),
         }
@@ -67,9 +73,9 @@ impl Tokens {
     /// Issues a token of `kind` for `username`.
     pub fn issue(&mut self, kind: Kind, username: &str) -> Issued {
         let ttl = match kind {
-            Kind::TapisAccess => self.tapis_ttl,
+            Kind::TapisAccess => self.ttl_override.unwrap_or(self.tapis_ttl),
             Kind::TapisRefresh => self.refresh_ttl,
-            Kind::Webodm => self.webodm_ttl,
+            Kind::Webodm => self.ttl_override.unwrap_or(self.webodm_ttl),
         };
         let now = SystemTime::now();
         let expires = now + ttl;
@@ -109,6 +115,7 @@ impl Tokens {
                 kind,
                 username: username.to_owned(),
                 expires,
+                revoked: false,
             },
         );
         Issued {
@@ -122,13 +129,29 @@ impl Tokens {
     pub fn check(&self, kind: Kind, token: &str) -> Check {
         match self.table.get(token) {
             Some(r) if r.kind == kind => {
-                if SystemTime::now() >= r.expires {
+                if r.revoked {
+                    Check::Revoked
+                } else if SystemTime::now() >= r.expires {
                     Check::Expired(r.expires)
                 } else {
                     Check::Valid(r.username.clone())
                 }
             }
             _ => Check::Unknown,
+        }
+    }
+
+    /// Revokes one token (unknown tokens are ignored).
+    pub fn revoke(&mut self, token: &str) {
+        if let Some(r) = self.table.get_mut(token) {
+            r.revoked = true;
+        }
+    }
+
+    /// Revokes every token of `kind` issued so far.
+    pub fn revoke_all(&mut self, kind: Kind) {
+        for r in self.table.values_mut().filter(|r| r.kind == kind) {
+            r.revoked = true;
         }
     }
 }

@@ -3,7 +3,9 @@
 //! dataset, a report that checks WebODM's contents byte for byte, and request statistics.
 
 mod auth;
+mod conn;
 mod dataset;
+mod faults;
 mod report;
 mod tapis;
 mod util;
@@ -15,18 +17,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::Router;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use dataset::{Dataset, DatasetSpec, Expected, ExpectedFlight, ExpectedImage};
+pub use faults::Faults;
 pub use report::{key_tag, PeakRps, Report, Stats, WebodmReport};
 pub use webodm::{SimProject, SimTask};
 
+use faults::{Cut, Fault, Injector, DOWNLOAD_ROUTE, UPLOAD_ROUTE};
 use report::{Counters, Service};
 use util::{html_404, json};
 
@@ -67,6 +72,7 @@ pub(crate) struct Shared {
     tokens: Mutex<auth::Tokens>,
     webodm: Mutex<webodm::State>,
     stats: Counters,
+    faults: Injector,
 }
 
 /// A running simulator.
@@ -78,21 +84,33 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// Generates the dataset of `spec` and serves both APIs on `listen` (port 0 = a free port).
+    /// Generates the dataset of `spec` and serves both APIs on `listen` (port 0 = a free port),
+    /// without faults.
     pub async fn start(spec: &DatasetSpec, listen: SocketAddr) -> std::io::Result<Sim> {
+        Sim::start_with(spec, listen, Faults::default()).await
+    }
+
+    /// Like [`Sim::start`], injecting `faults` (their dice are seeded with `spec.seed`).
+    pub async fn start_with(
+        spec: &DatasetSpec,
+        listen: SocketAddr,
+        faults: Faults,
+    ) -> std::io::Result<Sim> {
         let shared = Arc::new(Shared {
             dataset: Arc::new(Dataset::generate(spec)),
             creds: Credentials::default(),
             tokens: Mutex::default(),
             webodm: Mutex::default(),
             stats: Counters::default(),
+            faults: Injector::new(spec.seed, Faults::default()),
         });
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
+        let listener = conn::ResetListener(tokio::net::TcpListener::bind(listen).await?);
+        let addr = listener.0.local_addr()?;
         let app = Router::new()
             .fallback(handle)
             .layer(DefaultBodyLimit::disable())
-            .with_state(Arc::clone(&shared));
+            .with_state(Arc::clone(&shared))
+            .into_make_service_with_connect_info::<conn::Reset>();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -101,12 +119,35 @@ impl Sim {
                 })
                 .await
         });
-        Ok(Sim {
+        let sim = Sim {
             shared,
             addr,
             stop: Some(stop),
             server,
-        })
+        };
+        sim.set_faults(faults);
+        Ok(sim)
+    }
+
+    /// Replaces the faults injected from now on (requests under way keep theirs).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.tokens.lock().expect("tokens lock").ttl_override = faults.token_ttl;
+        self.shared.faults.set(faults);
+    }
+
+    /// The faults injected now.
+    pub fn faults(&self) -> Faults {
+        Faults::clone(&self.shared.faults.get())
+    }
+
+    /// Revokes every Tapis access token issued so far: each later use answers HTTP 500 "Token
+    /// is revoked." (refresh tokens stay valid).
+    pub fn revoke_tapis_tokens(&self) {
+        self.shared
+            .tokens
+            .lock()
+            .expect("tokens lock")
+            .revoke_all(auth::Kind::TapisAccess);
     }
 
     /// `http://127.0.0.1:PORT` (no trailing slash); serves both APIs.
@@ -154,12 +195,32 @@ impl Sim {
             .delete_task(project_id, task_id)
     }
 
-    /// Sets the lifetime of Tapis access tokens issued from now on (default 4 h).
+    /// Deletes every task still partial, as WebODM does 72 h after creation; how many.
+    pub fn expire_partial_tasks(&self) -> usize {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .expire_partial_tasks()
+    }
+
+    /// Deletes a WebODM project and its tasks (a person cleaning up); whether it existed.
+    pub fn delete_project(&self, id: i64) -> bool {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .delete_project(id)
+    }
+
+    /// Sets the lifetime of Tapis access tokens issued from now on (default 4 h);
+    /// `Faults::token_ttl`, when set, takes precedence.
     pub fn set_token_ttl(&self, ttl: Duration) {
         self.shared.tokens.lock().expect("tokens lock").tapis_ttl = ttl;
     }
 
-    /// Sets the lifetime of WebODM tokens issued from now on (default 6 h).
+    /// Sets the lifetime of WebODM tokens issued from now on (default 6 h); `Faults::token_ttl`,
+    /// when set, takes precedence.
     pub fn set_webodm_token_ttl(&self, ttl: Duration) {
         self.shared.tokens.lock().expect("tokens lock").webodm_ttl = ttl;
     }
@@ -209,8 +270,12 @@ impl Shared {
     }
 }
 
-/// Every request: counts it, checks for leaked credentials, dispatches by prefix.
-async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Response {
+/// Every request: counts it, checks for leaked credentials, injects faults, dispatches by prefix.
+async fn handle(
+    State(sh): State<Arc<Shared>>,
+    ConnectInfo(reset): ConnectInfo<conn::Reset>,
+    req: Request,
+) -> Response {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     if let Some(control) = path.strip_prefix("/__sim/") {
@@ -237,14 +302,122 @@ async fn handle(State(sh): State<Arc<Shared>>, req: Request) -> Response {
             .leaked_credentials
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let (route, resp) = match service {
-        Service::Tapis => tapis::handle(&sh, req).await,
-        Service::Webodm => webodm::handle(&sh, req).await,
-        Service::Other => ("<unknown>".to_owned(), html_404(&path)),
+    let faults = sh.faults.get();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    let template = match service {
+        Service::Tapis => tapis::template(&path),
+        Service::Webodm => webodm::template(&path),
+        Service::Other => None,
     };
-    sh.stats
-        .answered(format!("{method} {route}"), resp.status().as_u16());
+    let fault = template.and_then(|t| {
+        let route = format!("{method} {t}");
+        sh.faults.decide(&faults, &route).map(|f| (route, f))
+    });
+    let Some((route, fault)) = fault else {
+        let (route, resp) = dispatch(&sh, service, req, None).await;
+        sh.stats.answered(
+            format!("{method} {route}"),
+            resp.status().as_str().to_owned(),
+        );
+        return resp;
+    };
+    let resp = match fault {
+        Fault::Error(status) => {
+            sh.stats.fault("error");
+            fault_error(service, status)
+        }
+        Fault::Throttle => {
+            sh.stats.fault("429");
+            match service {
+                Service::Tapis => tapis::throttled(faults.retry_after_secs),
+                _ => webodm::throttled(faults.retry_after_secs),
+            }
+        }
+        Fault::Truncate => {
+            let cut = Cut {
+                share: sh.faults.share(),
+                reset: None,
+            };
+            let (_, resp) = dispatch(&sh, service, req, Some(cut)).await;
+            if resp.status() == StatusCode::OK {
+                sh.stats.fault("truncate");
+            }
+            resp
+        }
+        Fault::ErrorAfter => {
+            // The handler runs to the end (its side effect happens); its answer is lost.
+            drop(dispatch(&sh, service, req, None).await);
+            sh.stats.fault("error_after");
+            fault_error(service, StatusCode::BAD_GATEWAY)
+        }
+        Fault::Reset => {
+            sh.stats.fault("reset");
+            if route == DOWNLOAD_ROUTE {
+                let cut = Cut {
+                    share: sh.faults.share(),
+                    reset: Some(reset.clone()),
+                };
+                let (_, resp) = dispatch(&sh, service, req, Some(cut)).await;
+                // A 200 streams part of the file, then resets; other answers are not sent.
+                if resp.status() == StatusCode::OK {
+                    sh.stats.answered(route, "200".to_owned());
+                    return resp;
+                }
+            } else if route == UPLOAD_ROUTE {
+                read_part(req).await;
+            }
+            reset.trigger();
+            sh.stats.answered(route, "reset".to_owned());
+            // Never sent: the connection refuses to write it.
+            return Response::default();
+        }
+    };
+    sh.stats.answered(route, resp.status().as_str().to_owned());
     resp
+}
+
+/// Hands a request to its service; returns the route template for stats and the answer.
+async fn dispatch(
+    sh: &Arc<Shared>,
+    service: Service,
+    req: Request,
+    cut: Option<Cut>,
+) -> (String, Response) {
+    match service {
+        Service::Tapis => tapis::handle(sh, req, cut).await,
+        Service::Webodm => webodm::handle(sh, req).await,
+        Service::Other => {
+            let path = req.uri().path().to_owned();
+            ("<unknown>".to_owned(), html_404(&path))
+        }
+    }
+}
+
+/// The answer to an injected 5xx from `service` (only API routes get faults).
+fn fault_error(service: Service, status: StatusCode) -> Response {
+    match service {
+        Service::Tapis => tapis::fault_error(status),
+        _ => webodm::fault_error(status),
+    }
+}
+
+/// Reads about half of a request body (at least one chunk) and drops the rest unread.
+async fn read_part(req: Request) {
+    let half = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map_or(1, |n| (n / 2).max(1));
+    let mut body = req.into_body().into_data_stream();
+    let mut read = 0u64;
+    while read < half {
+        match body.next().await {
+            Some(Ok(chunk)) => read += chunk.len() as u64,
+            _ => break,
+        }
+    }
 }
 
 async fn control_endpoint(sh: &Arc<Shared>, which: &str) -> Response {
@@ -285,9 +458,55 @@ pub struct SimArgs {
     /// Mean image size in bytes (each varies by up to ±25 %).
     #[arg(long, default_value_t = DatasetSpec::demo().image_size)]
     pub image_size: u64,
+    /// Delay added before every API response, in milliseconds.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_ms: u64,
+    /// Share of API requests (token endpoints spared) answered 500, 502 or 503 instead of
+    /// being handled, from 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_name = "F", value_parser = parse_rate)]
+    pub error_rate: f64,
+    /// Share of API requests (token endpoints spared) answered 429 with `Retry-After: 1`,
+    /// from 0 to 1.
+    #[arg(long = "rate-429", default_value_t = 0.0, value_name = "F", value_parser = parse_rate)]
+    pub rate_429: f64,
+    /// Share of API requests (token endpoints spared) whose connection is reset (downloads
+    /// and uploads part-way through), from 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_name = "F", value_parser = parse_rate)]
+    pub reset_rate: f64,
+    /// Share of Tapis downloads whose body ends early under a 200, from 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_name = "F", value_parser = parse_rate)]
+    pub truncate_rate: f64,
+    /// Lifetime in seconds of the Tapis access tokens and WebODM tokens issued (default: 4 h
+    /// and 6 h, as the real servers).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub token_ttl: Option<u64>,
     /// Write a daemon config pointing at the simulator here (with a fresh state dir beside it).
     #[arg(long)]
     pub write_config: Option<PathBuf>,
+}
+
+impl SimArgs {
+    /// The faults these flags ask for.
+    pub fn faults(&self) -> Faults {
+        Faults {
+            latency_ms: self.latency_ms,
+            error_rate: self.error_rate,
+            rate_429: self.rate_429,
+            reset_rate: self.reset_rate,
+            truncate_rate: self.truncate_rate,
+            token_ttl: self.token_ttl.map(Duration::from_secs),
+            ..Faults::default()
+        }
+    }
+}
+
+/// A probability: a number from 0 to 1.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        Ok(_) => Err(format!("{s} is not between 0 and 1")),
+        Err(e) => Err(format!("{s} is not a number: {e}")),
+    }
 }
 
 /// Runs the simulator until Ctrl-C or SIGTERM. First line on stdout: `SIM <base url>`.
@@ -301,7 +520,8 @@ pub async fn serve_cli(args: SimArgs) -> std::io::Result<()> {
         big_flight_images: None,
         decoys: true,
     };
-    let sim = Sim::start(&spec, args.listen).await?;
+    let faults = args.faults();
+    let sim = Sim::start_with(&spec, args.listen, faults.clone()).await?;
     let url = sim.base_url();
     // Written before the `SIM` line, so whoever waits for that line finds the config.
     let config = match &args.write_config {
@@ -330,6 +550,10 @@ pub async fn serve_cli(args: SimArgs) -> std::io::Result<()> {
             e.flights, e.images, e.bytes
         )?;
         writeln!(out, "report: {url}/__sim/report  stats: {url}/__sim/stats")?;
+        if faults != Faults::default() {
+            let json = serde_json::to_string(&faults).map_err(std::io::Error::other)?;
+            writeln!(out, "faults: {json}")?;
+        }
         if let (Some(path), Some(state)) = (&args.write_config, config) {
             writeln!(
                 out,

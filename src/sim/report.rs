@@ -1,10 +1,10 @@
 //! What the simulator observed: the report (WebODM's contents checked against the source) and
 //! request statistics.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -57,10 +57,15 @@ pub struct Stats {
     pub bytes_downloaded: u64,
     /// File bytes received by WebODM uploads.
     pub bytes_uploaded: u64,
-    /// Highest number of requests started within one second, per service.
+    /// Highest number of requests that arrived within any one second (a sliding window), per
+    /// service; every request counts, token requests and faulted ones included.
     pub peak_rps: PeakRps,
     /// Credentials sent to the wrong service (should stay 0).
     pub leaked_credentials: u64,
+    /// Faults injected, by kind: `error` (5xx before handling), `error_after` (502 after
+    /// handling), `429`, `reset`, `truncate`, `revoked` (answers "Token is revoked."),
+    /// `refresh` (refresh grants refused).
+    pub faults_injected: BTreeMap<String, u64>,
 }
 
 /// Peak requests per second per service.
@@ -80,21 +85,26 @@ pub(crate) enum Service {
     Other,
 }
 
+/// Arrivals of the last second, and the most ever seen in one second.
 #[derive(Debug, Default)]
 struct Rps {
-    second: u64,
-    count: u64,
+    window: VecDeque<Instant>,
     peak: u64,
 }
 
 impl Rps {
-    fn hit(&mut self, second: u64) {
-        if second != self.second {
-            self.second = second;
-            self.count = 0;
+    /// Counts an arrival at `now`. The busiest one-second window always ends at an arrival, so
+    /// checking the window ending at each arrival finds it.
+    fn hit(&mut self, now: Instant) {
+        while self
+            .window
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.window.pop_front();
         }
-        self.count += 1;
-        self.peak = self.peak.max(self.count);
+        self.window.push_back(now);
+        self.peak = self.peak.max(self.window.len() as u64);
     }
 }
 
@@ -104,56 +114,50 @@ struct Tally {
     tapis: u64,
     webodm: u64,
     rps: HashMap<&'static str, Rps>,
+    faults: BTreeMap<String, u64>,
 }
 
 /// Live counters behind [`Stats`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Counters {
-    started: Instant,
     tally: Mutex<Tally>,
     pub bytes_downloaded: AtomicU64,
     pub bytes_uploaded: AtomicU64,
     pub leaked_credentials: AtomicU64,
 }
 
-impl Default for Counters {
-    fn default() -> Self {
-        Counters {
-            started: Instant::now(),
-            tally: Mutex::default(),
-            bytes_downloaded: AtomicU64::new(0),
-            bytes_uploaded: AtomicU64::new(0),
-            leaked_credentials: AtomicU64::new(0),
-        }
-    }
-}
-
 impl Counters {
-    /// Counts one request as it starts (for the per-second peak).
+    /// Counts one request as it arrives (for the per-second peak).
     pub fn started(&self, service: Service) {
-        let second = self.started.elapsed().as_secs() + 1;
+        let now = Instant::now();
         let mut t = self.tally.lock().expect("stats lock");
         match service {
             Service::Tapis => {
                 t.tapis += 1;
-                t.rps.entry("tapis").or_default().hit(second);
+                t.rps.entry("tapis").or_default().hit(now);
             }
             Service::Webodm => {
                 t.webodm += 1;
-                t.rps.entry("webodm").or_default().hit(second);
+                t.rps.entry("webodm").or_default().hit(now);
             }
             Service::Other => {}
         }
     }
 
-    /// Counts a request's answer.
-    pub fn answered(&self, route: String, status: u16) {
+    /// Counts a request's answer: its status code, or `reset` when none was sent.
+    pub fn answered(&self, route: String, status: String) {
         let mut t = self.tally.lock().expect("stats lock");
         *t.requests
             .entry(route)
             .or_default()
-            .entry(status.to_string())
+            .entry(status)
             .or_default() += 1;
+    }
+
+    /// Counts an injected fault of `kind`.
+    pub fn fault(&self, kind: &str) {
+        let mut t = self.tally.lock().expect("stats lock");
+        *t.faults.entry(kind.to_owned()).or_default() += 1;
     }
 
     /// A snapshot.
@@ -171,6 +175,7 @@ impl Counters {
                 webodm: peak("webodm"),
             },
             leaked_credentials: self.leaked_credentials.load(Ordering::Relaxed),
+            faults_injected: t.faults.clone(),
         }
     }
 }

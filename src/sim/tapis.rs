@@ -6,7 +6,7 @@
 use std::cmp::Ordering as CmpOrdering;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -14,12 +14,13 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 use rand::seq::SliceRandom;
 use serde_json::{json, Map, Value};
 
 use super::auth::{Check, Issued, Kind};
 use super::dataset::{Dir, File, NodeRef, SimSystem};
+use super::faults::Cut;
 use super::util::{
     fmt_time, glob_match, json, like_match, param, percent_decode, query_pairs, text, unix, TimeFmt,
 };
@@ -27,31 +28,40 @@ use super::Shared;
 
 const VERSION: &str = "1.7.1";
 
-/// Answers one `/v3/…` request; returns the route template for stats.
-pub(crate) async fn handle(sh: &Arc<Shared>, req: Request) -> (String, Response) {
-    let path = req.uri().path().to_owned();
-    let rest = path.strip_prefix("/v3/").unwrap_or("");
-    let (template, target) = if rest == "oauth2/tokens" {
-        ("/v3/oauth2/tokens", None)
+/// The stats route template of a `/v3/…` path; `None` for an unknown URL.
+pub(crate) fn template(path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/v3/")?;
+    if rest == "oauth2/tokens" {
+        Some("/v3/oauth2/tokens")
     } else if rest == "systems" {
-        ("/v3/systems", None)
+        Some("/v3/systems")
     } else if let Some(p) = rest.strip_prefix("files/ops/") {
-        let (sys, file) = p.split_once('/').unwrap_or((p, ""));
-        let t = if file.trim_matches('/').is_empty() {
+        let file = p.split_once('/').map_or("", |(_, f)| f);
+        Some(if file.trim_matches('/').is_empty() {
             "/v3/files/ops/{system}"
         } else {
             "/v3/files/ops/{system}/{path}"
-        };
-        (t, Some((sys, file)))
-    } else if let Some(p) = rest.strip_prefix("files/content/") {
-        (
-            "/v3/files/content/{system}/{path}",
-            Some(p.split_once('/').unwrap_or((p, ""))),
-        )
+        })
+    } else if rest.starts_with("files/content/") {
+        Some("/v3/files/content/{system}/{path}")
     } else {
+        None
+    }
+}
+
+/// Answers one `/v3/…` request; returns the route template for stats. A download is cut short
+/// as `cut` says.
+pub(crate) async fn handle(sh: &Arc<Shared>, req: Request, cut: Option<Cut>) -> (String, Response) {
+    let path = req.uri().path().to_owned();
+    let Some(template) = template(&path) else {
         let body = json!({"status": "error", "message": "HTTP 404 Not Found", "result": null, "version": VERSION, "metadata": null});
         return ("<unknown>".to_owned(), json(StatusCode::NOT_FOUND, &body));
     };
+    let rest = path.strip_prefix("/v3/").unwrap_or("");
+    let target = rest
+        .strip_prefix("files/ops/")
+        .or_else(|| rest.strip_prefix("files/content/"))
+        .map(|p| p.split_once('/').unwrap_or((p, "")));
     let method = req.method().clone();
     if method != Method::GET && method != Method::POST
         || (method == Method::POST) != (template == "/v3/oauth2/tokens")
@@ -84,7 +94,7 @@ pub(crate) async fn handle(sh: &Arc<Shared>, req: Request) -> (String, Response)
             if template.starts_with("/v3/files/ops/") {
                 list_files(sh, &user, &sys, &segments, &q)
             } else {
-                content(sh, &user, &sys, &segments)
+                content(sh, &user, &sys, &segments, cut)
             }
         }
     };
@@ -100,8 +110,23 @@ fn authenticate(sh: &Shared, headers: &HeaderMap) -> Result<String, Response> {
                 .into(),
         ));
     };
-    let user = match sh.tokens.lock().expect("tokens lock").check(Kind::TapisAccess, token.trim()) {
+    let token = token.trim();
+    let mut tokens = sh.tokens.lock().expect("tokens lock");
+    let mut check = tokens.check(Kind::TapisAccess, token);
+    if matches!(check, Check::Valid(_)) && sh.faults.roll(sh.faults.get().revoke_rate) {
+        tokens.revoke(token);
+        check = Check::Revoked;
+    }
+    drop(tokens);
+    let user = match check {
         Check::Valid(u) => u,
+        Check::Revoked => {
+            sh.stats.fault("revoked");
+            return Err(error_json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Token is revoked.".into(),
+            ));
+        }
         Check::Expired(at) => {
             let now = SystemTime::now();
             let late = now.duration_since(at).unwrap_or_default().as_millis();
@@ -126,6 +151,36 @@ fn authenticate(sh: &Shared, headers: &HeaderMap) -> Result<String, Response> {
         }
     }
     Ok(user)
+}
+
+/// The answer to an injected 5xx: the service's JSON for a 500, the gateway's plain text for a
+/// 502 or 503.
+pub(crate) fn fault_error(status: StatusCode) -> Response {
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        return service_error(
+            status,
+            "TAPIS_INTERNAL_ERROR Internal server error (simulated fault).".into(),
+        );
+    }
+    text(
+        status,
+        format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error")
+        ),
+    )
+}
+
+/// The answer to an injected 429 (plain text).
+pub(crate) fn throttled(retry_after_secs: u64) -> Response {
+    let mut r = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("Too Many Requests: rate limit exceeded. Retry after {retry_after_secs} seconds."),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    r
 }
 
 fn error_json(status: StatusCode, message: String) -> Response {
@@ -230,6 +285,13 @@ async fn tokens(sh: &Shared, req: Request) -> Response {
             c.tapis_username.clone()
         }
         "refresh_token" => {
+            if sh.faults.get().refresh_fails {
+                sh.stats.fault("refresh");
+                return error_json(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid refresh_token: the token could not be refreshed.".into(),
+                );
+            }
             if !client {
                 return error_json(
                     StatusCode::BAD_REQUEST,
@@ -721,7 +783,13 @@ fn list_files(
     )
 }
 
-fn content(sh: &Arc<Shared>, user: &str, sys_id: &str, segments: &[String]) -> Response {
+fn content(
+    sh: &Arc<Shared>,
+    user: &str,
+    sys_id: &str,
+    segments: &[String],
+    cut: Option<Cut>,
+) -> Response {
     let sys = match files_system(sh, user, sys_id) {
         Ok(s) => s,
         Err(r) => return r,
@@ -737,16 +805,31 @@ fn content(sh: &Arc<Shared>, user: &str, sys_id: &str, segments: &[String]) -> R
         }
         Some(NodeRef::File(f)) => f,
     };
-    let reader = file.reader();
+    let limit = cut.as_ref().map_or(u64::MAX, |c| c.limit(file.size));
     let counter = Arc::clone(sh);
-    let body = stream::iter(reader.map(move |chunk| {
+    let mut sent = 0u64;
+    let chunks = file.reader().map_while(move |chunk| {
+        let take = (limit - sent).min(chunk.len() as u64);
+        if take == 0 {
+            return None;
+        }
+        sent += take;
         counter
             .stats
             .bytes_downloaded
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        Ok::<_, std::io::Error>(chunk)
-    }));
-    let mut r = Response::new(Body::from_stream(body));
+            .fetch_add(take, Ordering::Relaxed);
+        Some(Ok::<_, std::io::Error>(chunk.slice(..take as usize)))
+    });
+    let body = match cut.and_then(|c| c.reset) {
+        None => Body::from_stream(stream::iter(chunks)),
+        Some(reset) => Body::from_stream(stream::iter(chunks).chain(stream::once(async move {
+            // Let what was sent leave before the connection dies.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            reset.trigger();
+            Err(std::io::ErrorKind::ConnectionReset.into())
+        }))),
+    };
+    let mut r = Response::new(body);
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

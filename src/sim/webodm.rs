@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::auth::{Check, Kind};
 use super::util::{
-    fmt_time, html_404, json, param, percent_decode, query_pairs, unix, uuid4, TimeFmt,
+    fmt_time, html_404, json, param, percent_decode, query_pairs, respond, unix, uuid4, TimeFmt,
 };
 use super::Shared;
 
@@ -191,6 +191,24 @@ impl State {
         p.tasks.retain(|t| t.id != task_id);
         p.tasks.len() != before
     }
+
+    /// Removes every task still partial (what WebODM does 72 h after creation); how many.
+    pub fn expire_partial_tasks(&mut self) -> usize {
+        let mut removed = 0;
+        for p in &mut self.projects {
+            let before = p.tasks.len();
+            p.tasks.retain(|t| !t.partial);
+            removed += before - p.tasks.len();
+        }
+        removed
+    }
+
+    /// Removes a project and its tasks; whether it existed.
+    pub fn delete_project(&mut self, id: i64) -> bool {
+        let before = self.projects.len();
+        self.projects.retain(|p| p.id != id);
+        self.projects.len() != before
+    }
 }
 
 fn now_str() -> String {
@@ -311,12 +329,43 @@ fn authenticate(sh: &Shared, headers: &HeaderMap) -> Result<String, Response> {
         {
             Check::Valid(user) => Ok(user),
             Check::Expired(_) => Err(forbidden("Signature has expired.")),
-            Check::Unknown => Err(forbidden("Error decoding signature.")),
+            // WebODM tokens are never revoked.
+            Check::Unknown | Check::Revoked => Err(forbidden("Error decoding signature.")),
         },
         _ => Err(forbidden(
             "Invalid Authorization header. Credentials string should not contain spaces.",
         )),
     }
+}
+
+/// The stats route template of an `/api/…` path; `None` for an unknown URL.
+pub(crate) fn template(path: &str) -> Option<&'static str> {
+    route(path).map(|(r, _)| r.template())
+}
+
+/// The answer to an injected 5xx: Django's page for a 500, the proxy's (nginx) for a 502 or 503.
+pub(crate) fn fault_error(status: StatusCode) -> Response {
+    let body = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        "\n<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Server Error (500)</title>\n</head>\n<body>\n  <h1>Server Error (500)</h1><p></p>\n</body>\n</html>\n".to_owned()
+    } else {
+        let line = format!(
+            "{} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error")
+        );
+        format!("<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n<center><h1>{line}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+    };
+    respond(status, "text/html; charset=utf-8", body)
+}
+
+/// The answer to an injected 429 (Django REST framework's throttling).
+pub(crate) fn throttled(retry_after_secs: u64) -> Response {
+    let detail =
+        format!("Request was throttled. Expected available in {retry_after_secs} seconds.");
+    let mut r = json(StatusCode::TOO_MANY_REQUESTS, &json!({ "detail": detail }));
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    r
 }
 
 /// Answers one `/api/…` request; returns the route template for stats.
