@@ -95,6 +95,11 @@ struct Opts {
     write: bool,
     sections: Vec<Section>,
     production_slice: Option<usize>,
+    /// Record the idle daemons with `perf record -g` into this directory.
+    perf: Option<PathBuf>,
+    /// Instead of measuring: seed the lab of section 1, write `config.toml` and a state dir
+    /// here, and serve the simulator until Ctrl-C (for profiling the daemon by hand).
+    serve_lab: Option<PathBuf>,
 }
 
 fn parse_args() -> R<Opts> {
@@ -102,6 +107,8 @@ fn parse_args() -> R<Opts> {
     let mut write = None;
     let mut sections = BTreeSet::new();
     let mut production_slice = None;
+    let mut perf = None;
+    let mut serve_lab = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -114,8 +121,14 @@ fn parse_args() -> R<Opts> {
                 let n = args.next().ok_or("--production-slice needs a number")?;
                 production_slice = Some(n.parse().map_err(err)?);
             }
+            "--perf" => perf = Some(PathBuf::from(args.next().ok_or("--perf needs a directory")?)),
+            "--serve-lab" => {
+                serve_lab = Some(PathBuf::from(
+                    args.next().ok_or("--serve-lab needs a directory")?,
+                ))
+            }
             "-h" | "--help" => {
-                println!("usage: cargo bench --bench bench -- [--quick] [--write|--no-write] [--production-slice N] [unchanged|transfer|state|idle]...");
+                println!("usage: cargo bench --bench bench -- [--quick] [--write|--no-write] [--production-slice N] [--perf DIR] [unchanged|transfer|state|idle]...\n       cargo bench --bench bench -- [--quick] --serve-lab DIR");
                 std::process::exit(0);
             }
             s => match Section::ALL.iter().find(|x| x.key() == s) {
@@ -134,6 +147,8 @@ fn parse_args() -> R<Opts> {
         write: write.unwrap_or(!quick),
         sections: sections.into_iter().collect(),
         production_slice,
+        perf,
+        serve_lab,
     })
 }
 
@@ -506,7 +521,15 @@ struct Seeded {
 /// the daemon's own discovery, creates each flight's project and task in the simulated WebODM
 /// (names, description and tags from `naming`, as `apply` does), and writes the records a sync
 /// ends with: every image confirmed, phase `committed`, listing settled an hour ago.
-async fn seed(config: &Config, store: &Store, only: &[String]) -> R<Seeded> {
+///
+/// With `image_records` false the per-image records are left out (a store in which commit
+/// drops them: the daemon never reads them again for a committed flight).
+async fn seed(
+    config: &Config,
+    store: &Store,
+    only: &[String],
+    image_records: bool,
+) -> R<Seeded> {
     let clients = Clients::new(config).map_err(err)?;
     let t = Instant::now();
     let scope = Scope::new(&config.tapis, &config.layout, only);
@@ -564,6 +587,7 @@ async fn seed(config: &Config, store: &Store, only: &[String]) -> R<Seeded> {
                 let records: Vec<UploadedImage> = f
                     .images
                     .iter()
+                    .filter(|_| image_records)
                     .map(|i| UploadedImage {
                         size: i.size,
                         last_modified: i.last_modified.clone(),
@@ -577,7 +601,7 @@ async fn seed(config: &Config, store: &Store, only: &[String]) -> R<Seeded> {
                 futures_util::future::try_join_all(marks)
                     .await
                     .map_err(err)?;
-                images.fetch_add(f.images.len() as u64, Ordering::Relaxed);
+                images.fetch_add(records.len() as u64, Ordering::Relaxed);
                 let fp = f.fingerprint();
                 let mut rec = FlightRecord::new(f.key.clone(), since);
                 rec.phase = Phase::Committed;
@@ -824,7 +848,7 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     let store = Store::open(dir.path()).map_err(err)?;
     let lifted = prod.lifted();
     eprintln!("[unchanged] seeding the synced state…");
-    let seeded = seed(&lib_config(&sim, dir.path(), lifted)?, &store, &[]).await?;
+    let seeded = seed(&lib_config(&sim, dir.path(), lifted)?, &store, &[], true).await?;
     let expected = sim.dataset().expected();
     eprintln!(
         "[unchanged] seeded {} flights, {} image records (discovery {}, WebODM {}, store {})",
@@ -858,9 +882,15 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     let median = &lifted_runs[1];
 
     let systems_in_scope: Vec<String> = seeded.desired.scanned.iter().cloned().collect();
-    let slice: Vec<String> = match opts.production_slice {
-        Some(n) if n < systems_in_scope.len() => systems_in_scope[..n].to_vec(),
-        _ => vec![],
+    // A full-scale pass at 10 rps takes ~3.5 min: by default the full run measures it over
+    // the first 10 systems (`--production-slice 0` = all systems).
+    let n = opts
+        .production_slice
+        .unwrap_or(if opts.quick { 0 } else { 10 });
+    let slice: Vec<String> = if n > 0 && n < systems_in_scope.len() {
+        systems_in_scope[..n].to_vec()
+    } else {
+        vec![]
     };
     let cfg_prod = lib_config(&sim, dir.path(), prod)?;
     eprintln!(
@@ -1700,7 +1730,7 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         let want = step.div_ceil(per_system);
         let new: Vec<String> = systems[seeded_systems..want].to_vec();
         eprintln!("[state] seeding {} more systems…", new.len());
-        let s = seed(&config, &store, &new).await?;
+        let s = seed(&config, &store, &new, true).await?;
         seed_time += s.discover + s.webodm + s.store;
         images_total += s.images;
         eprintln!(
@@ -1875,22 +1905,44 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
 struct Idle {
     label: String,
     flights: u64,
+    image_records: u64,
     first_pass: Duration,
     cpu: f64,
     window: Duration,
     rss_kib: u64,
     hwm_kib: u64,
+    /// RSS after `malloc_trim(0)` was called in the daemon with gdb (what-if), KiB.
+    trimmed_kib: Option<u64>,
     code: i32,
 }
 
+/// Calls `malloc_trim(0)` inside process `pid` with gdb (if gdb is installed) and returns its
+/// RSS a second later: how much of the RSS is freed heap the allocator keeps.
+fn rss_after_malloc_trim(pid: u32) -> Option<u64> {
+    let ok = Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-ex", "call (int)malloc_trim(0)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?
+        .success();
+    if !ok {
+        return None;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    proc_status_kib(pid, "VmRSS")
+}
+
 /// Starts `run` (interval 1 h) against `sim`, waits for its first pass, then measures its CPU
-/// time and RSS over `window`.
+/// time and RSS over `window`; afterwards (outside the window) the `malloc_trim` what-if.
 async fn idle_daemon(
     label: &str,
     sim: &Sim,
     state_dir: &Path,
     window: Duration,
-    flights: u64,
+    (flights, image_records): (u64, u64),
+    perf: Option<&Path>,
 ) -> R<Idle> {
     let cfg = state_dir.with_extension("toml");
     std::fs::write(
@@ -1923,11 +1975,33 @@ async fn idle_daemon(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cpu0 = proc_cpu_secs(pid).ok_or("daemon gone")?;
     let t0 = Instant::now();
+    let recorder = match perf {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(err)?;
+            let out = dir.join(format!("idle-{label}.data"));
+            let child = Command::new("perf")
+                .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+                .arg(&out)
+                .args(["--", "sleep", &window.as_secs().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("perf: {e}"))?;
+            Some(child)
+        }
+        None => None,
+    };
     tokio::time::sleep(window).await;
+    if let Some(mut r) = recorder {
+        let _ = tokio::task::spawn_blocking(move || r.wait()).await;
+    }
     let cpu1 = proc_cpu_secs(pid).ok_or("daemon gone")?;
     let window = t0.elapsed();
     let rss_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
     let hwm_kib = proc_status_kib(pid, "VmHWM").unwrap_or(0);
+    let trimmed_kib = tokio::task::spawn_blocking(move || rss_after_malloc_trim(pid))
+        .await
+        .map_err(err)?;
     // SAFETY: our child.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let (code, _) = tokio::task::spawn_blocking(move || wait4(pid))
@@ -1937,11 +2011,13 @@ async fn idle_daemon(
     Ok(Idle {
         label: label.into(),
         flights,
+        image_records,
         first_pass,
         cpu: cpu1 - cpu0,
         window,
         rss_kib,
         hwm_kib,
+        trimmed_kib,
         code,
     })
 }
@@ -1954,96 +2030,156 @@ async fn section_idle(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     };
     let mut out = Out::new(Section::Idle, "4. Idle", cmd);
     let window = Duration::from_secs(scale.idle_secs);
-    // (a) the demo dataset, synced by the daemon's own first pass;
-    let demo_sim = Sim::start(&DatasetSpec::demo(), "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .map_err(err)?;
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let dir = tempfile::tempdir().map_err(err)?;
-    let demo_state = dir.path().join("demo");
-    // (b) the lab of section 1 (seeded), whose first pass is a no-op over every flight.
-    let lab_spec = unchanged_spec(scale);
-    let lab_sim = Sim::start(&lab_spec, "127.0.0.1:0".parse().expect("addr"))
+    // (a) the demo dataset, synced by the daemon's own first pass;
+    let demo_sim = Sim::start(&DatasetSpec::demo(), addr)
         .await
         .map_err(err)?;
-    let lab_state = dir.path().join("lab");
-    {
-        eprintln!("[idle] seeding the lab store…");
-        let store = Store::open(&lab_state).map_err(err)?;
-        seed(&lib_config(&lab_sim, &lab_state, prod.lifted())?, &store, &[]).await?;
+    let demo_state = dir.path().join("demo");
+    let demo = demo_sim.dataset().expected();
+    // (b) the lab of section 1 (seeded), whose first pass is a no-op over every flight;
+    // (c) the same without per-image records (what the store would hold if commit dropped
+    //     them: the engine never reads them for a committed flight).
+    let lab_spec = unchanged_spec(scale);
+    let mut labs = Vec::new();
+    for (label, image_records) in [("lab", true), ("lab-no-image-records", false)] {
+        eprintln!("[idle] seeding the {label} store…");
+        let sim = Sim::start(&lab_spec, addr).await.map_err(err)?;
+        let state_dir = dir.path().join(label);
+        let store = Store::open(&state_dir).map_err(err)?;
+        let s = seed(
+            &lib_config(&sim, &state_dir, prod.lifted())?,
+            &store,
+            &[],
+            image_records,
+        )
+        .await?;
+        store.flush().await.map_err(err)?;
+        drop(store);
+        labs.push((label, sim, state_dir, (s.desired.flights.len() as u64, s.images)));
     }
-    eprintln!(
-        "[idle] two daemons idle for {} s…",
-        window.as_secs()
-    );
-    let demo_flights = demo_sim.dataset().expected().flights;
-    let lab_flights = lab_sim.dataset().expected().flights;
-    let (a, b) = tokio::join!(
-        idle_daemon("demo", &demo_sim, &demo_state, window, demo_flights),
-        idle_daemon("lab", &lab_sim, &lab_state, window, lab_flights)
+    eprintln!("[idle] three daemons idle for {} s…", window.as_secs());
+    let perf = opts.perf.as_deref();
+    let (a, b, c) = tokio::join!(
+        idle_daemon(
+            "demo",
+            &demo_sim,
+            &demo_state,
+            window,
+            (demo.flights, demo.images),
+            perf
+        ),
+        idle_daemon(labs[0].0, &labs[0].1, &labs[0].2, window, labs[0].3, perf),
+        idle_daemon(labs[1].0, &labs[1].1, &labs[1].2, window, labs[1].3, perf),
     );
     let demo_converged = {
         let r = demo_sim.report();
         r.webodm.images == r.expected.images && r.webodm.committed_tasks == r.expected.flights
     };
     demo_sim.shutdown().await;
-    lab_sim.shutdown().await;
-    let runs = [a?, b?];
+    for (_, sim, _, _) in labs {
+        sim.shutdown().await;
+    }
+    let runs = [a?, b?, c?];
     out.para(format!(
         "The release binary runs `run` with `interval = \"1h\"` against a simulator in the \
          harness process. Once its first pass is recorded in the status snapshot, and 2 s \
          later, its utime + stime (`/proc/<pid>/stat`) and RSS (`/proc/<pid>/status`) are \
-         read, and again {} s later. Two daemons idle side by side: one whose first pass \
-         synced the demo dataset ({demo_flights} flights, uploaded by that pass: {}), one \
-         whose first pass was an unchanged pass over the lab of section 1 ({lab_flights} \
-         flights × {} images).",
+         read, and again {} s later. Three daemons idle side by side: `demo`, whose first pass \
+         synced the demo dataset ({} flights, {} images, uploaded by that pass: {}); `lab`, \
+         whose first pass was an unchanged pass over the lab of section 1 ({} flights × {} \
+         images, every image recorded in the store); and `lab-no-image-records`, the same lab \
+         with a store that holds no per-image records for committed flights (a what-if: the \
+         engine never reads them again once a flight is committed). After the window, and \
+         only to diagnose, `malloc_trim(0)` is called inside each daemon with gdb and its RSS \
+         read again: the difference is freed heap that glibc keeps.",
         window.as_secs(),
+        demo.flights,
+        demo.images,
         if demo_converged { "complete" } else { "INCOMPLETE" },
+        lab_spec.systems * lab_spec.flights_per_system,
         lab_spec.images_per_flight,
     ));
     let mut t = Table::new(&[
         "daemon",
-        "flights",
+        "flights / image records",
         "first pass (start → snapshot)",
         "CPU over window",
         "CPU per 60 s",
         "RSS idle",
         "peak RSS (VmHWM)",
+        "RSS after malloc_trim(0) (what-if)",
         "exit on SIGTERM",
     ]);
     for r in &runs {
         t.row(vec![
-            r.label.clone(),
-            r.flights.to_string(),
+            format!("`{}`", r.label),
+            format!("{} / {}", r.flights, r.image_records),
             secs(r.first_pass),
             format!("{:.3} s / {:.0} s", r.cpu, r.window.as_secs_f64()),
             format!("{:.3} s", r.cpu * 60.0 / r.window.as_secs_f64()),
             mib(r.rss_kib as f64 * 1024.0),
             mib(r.hwm_kib as f64 * 1024.0),
+            r.trimmed_kib
+                .map_or("(no gdb)".into(), |k| mib(k as f64 * 1024.0)),
             r.code.to_string(),
         ]);
     }
     out.table(&t);
-    for r in &runs {
+    for r in &runs[..2] {
         let per60 = r.cpu * 60.0 / r.window.as_secs_f64();
         out.verdict(
             format!(
-                "{}: RSS between passes ≤ 30 MiB: {}",
+                "`{}`: RSS between passes ≤ 30 MiB: {}",
                 r.label,
                 mib(r.rss_kib as f64 * 1024.0)
             ),
             r.rss_kib as f64 <= 30.0 * 1024.0,
         );
         out.verdict(
-            format!("{}: CPU time over 60 s ≤ 0.1 s: {per60:.3} s", r.label),
+            format!("`{}`: CPU time over 60 s ≤ 0.1 s: {per60:.3} s", r.label),
             per60 <= 0.1,
         );
     }
     out.verdict(
-        "the demo daemon's first pass synced everything; both exit 0 on SIGTERM",
+        "the demo daemon's first pass synced everything; every daemon exits 0 on SIGTERM",
         demo_converged && runs.iter().all(|r| r.code == 0),
     );
     out.finish();
     Ok(out)
+}
+
+/// `--serve-lab DIR`: the lab of section 1, seeded, served until Ctrl-C, with a config for
+/// the daemon in `DIR/config.toml` (rate limits lifted, interval 1 h) and its store in
+/// `DIR/state` (replaced).
+async fn serve_lab(dir: &Path, scale: &Scale, prod: Limits) -> R<()> {
+    let state_dir = dir.join("state");
+    if state_dir.exists() {
+        std::fs::remove_dir_all(&state_dir).map_err(err)?;
+    }
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let spec = unchanged_spec(scale);
+    let sim = Sim::start(&spec, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .map_err(err)?;
+    {
+        let store = Store::open(&state_dir).map_err(err)?;
+        let s = seed(&lib_config(&sim, &state_dir, prod.lifted())?, &store, &[], true).await?;
+        store.flush().await.map_err(err)?;
+        eprintln!(
+            "seeded {} flights, {} image records",
+            s.desired.flights.len(),
+            s.images
+        );
+    }
+    let cfg = dir.join("config.toml");
+    std::fs::write(&cfg, config_file(&sim, &state_dir, prod.lifted(), "1h")).map_err(err)?;
+    println!("SIM {}\nconfig {}", sim.base_url(), cfg.display());
+    println!("e.g. {BIN} once --config {}", cfg.display());
+    tokio::signal::ctrl_c().await.map_err(err)?;
+    sim.shutdown().await;
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -2066,6 +2202,18 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if let Some(dir) = &opts.serve_lab {
+        return match runtime.block_on(async {
+            let prod = Limits::production()?;
+            serve_lab(dir, &scale, prod).await
+        }) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let t = Instant::now();
     let mut outs = Vec::new();
     let mut failed = false;
