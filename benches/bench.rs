@@ -42,7 +42,7 @@ use tapis_webodm_sync::config::Config;
 use tapis_webodm_sync::daemon::{self, Clients, PassOptions, PassReport};
 use tapis_webodm_sync::discover::{self, Desired, Flight, Scope};
 use tapis_webodm_sync::plan::{self, Observed, Settings};
-use tapis_webodm_sync::sim::{DatasetSpec, Faults, Sim, Stats};
+use tapis_webodm_sync::sim::{Credentials, DatasetSpec, Faults, Sim, Stats};
 use tapis_webodm_sync::state::{self, FlightRecord, Phase, Store, UploadedImage};
 use tapis_webodm_sync::webodm::{NewProject, NewTask};
 use tapis_webodm_sync::{demo, naming};
@@ -1297,10 +1297,9 @@ async fn run_daemon(args: Vec<String>, log: PathBuf) -> R<ChildRun> {
 /// The limit: a plain loop downloading every image of the flight from the simulated Tapis and
 /// uploading it into a task of the simulated WebODM, `concurrency` at once, nothing else.
 /// Returns (bytes, time of the copies).
-async fn copy_loop(sim: &Sim, concurrency: usize) -> R<(u64, Duration)> {
+async fn copy_loop(base: &str, c: &Credentials, concurrency: usize) -> R<(u64, Duration)> {
     let http = reqwest::Client::new();
-    let base: url::Url = sim.base_url().parse().map_err(err)?;
-    let c = sim.credentials();
+    let base: url::Url = base.parse().map_err(err)?;
     let url = |segments: &[&str], slash: bool| {
         let mut u = base.clone();
         {
@@ -1407,10 +1406,13 @@ async fn copy_loop(sim: &Sim, concurrency: usize) -> R<(u64, Duration)> {
         })
         .collect();
     let upload_url = url(&["api", "projects", &pid, "tasks", &tid, "upload"], true);
+    // One client (connection pool) per service, as the daemon has.
+    let uploader = reqwest::Client::new();
     let t = Instant::now();
     let copied: Vec<R<u64>> = stream::iter(&images)
         .map(|(name, path, size)| {
-            let (http, ttoken, jwt, upload_url, sys) = (&http, &ttoken, &jwt, &upload_url, &sys);
+            let (http, uploader, ttoken, jwt, upload_url, sys) =
+                (&http, &uploader, &ttoken, &jwt, &upload_url, &sys);
             let mut segs = vec!["v3", "files", "content", sys.as_str()];
             segs.extend(path.split('/').filter(|s| !s.is_empty()));
             let download = url(&segs, false);
@@ -1430,7 +1432,7 @@ async fn copy_loop(sim: &Sim, concurrency: usize) -> R<(u64, Duration)> {
                 .file_name(name.clone())
                 .mime_str("application/octet-stream")
                 .map_err(err)?;
-                let reply: Value = http
+                let reply: Value = uploader
                     .post(upload_url.clone())
                     .header("Authorization", jwt)
                     .multipart(reqwest::multipart::Form::new().part("images", part))
@@ -1453,6 +1455,69 @@ async fn copy_loop(sim: &Sim, concurrency: usize) -> R<(u64, Duration)> {
     let elapsed = t.elapsed();
     let bytes = copied.into_iter().collect::<R<Vec<u64>>>()?.iter().sum();
     Ok((bytes, elapsed))
+}
+
+/// Set (to the simulator's base URL) in the environment of the copy-loop child process.
+const COPY_ENV: &str = "TWS_BENCH_COPY_LOOP";
+/// Its concurrency.
+const COPY_CONCURRENCY_ENV: &str = "TWS_BENCH_COPY_CONCURRENCY";
+
+/// Copy-loop mode of this binary: [`copy_loop`] against the simulator at `base` on a runtime of
+/// its own (the default multi-thread runtime, as the daemon's), printing `bytes nanos`.
+fn copy_loop_main(base: &str) -> std::process::ExitCode {
+    let concurrency = std::env::var(COPY_CONCURRENCY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(copy_loop(base, &Credentials::default(), concurrency)) {
+        Ok((bytes, d)) => {
+            println!("{bytes} {}", d.as_nanos());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("copy loop: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The limit, measured like the daemon: a fresh simulator in the harness process, the copy
+/// loop in a child process.
+async fn limit_run(spec: &DatasetSpec, concurrency: usize) -> R<(u64, Duration)> {
+    let sim = Sim::start(spec, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .map_err(err)?;
+    let base = sim.base_url();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(std::env::current_exe().map_err(err)?)
+            .env(COPY_ENV, base)
+            .env(COPY_CONCURRENCY_ENV, concurrency.to_string())
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(err)
+    })
+    .await
+    .map_err(err)??;
+    sim.shutdown().await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<u128> = text
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    match (out.status.success(), f.as_slice()) {
+        (true, [bytes, nanos]) => Ok((*bytes as u64, Duration::from_nanos(*nanos as u64))),
+        _ => Err(format!("copy loop failed: {text:?}")),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 struct DaemonTransfer {
@@ -1527,51 +1592,46 @@ async fn section_transfer(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     let lifted = prod.lifted();
     let mbps = |bytes: u64, d: Duration| bytes as f64 / MIB / d.as_secs_f64();
 
-    // limit, daemon (lifted), limit, daemon (production): each daemon run sits between two
-    // limit runs; its ratio is against their mean.
+    // Three rounds of (limit, daemon with the rate limits lifted), then one daemon run at the
+    // production limits; the ratio is median against median (the machine is shared and noisy).
     let mut limits = Vec::new();
     let mut daemons = Vec::new();
-    for (i, (label, l)) in [("lifted", lifted), ("production", prod)]
-        .into_iter()
-        .enumerate()
-    {
-        if i == 0 {
-            let sim = Sim::start(&spec, "127.0.0.1:0".parse().expect("addr"))
-                .await
-                .map_err(err)?;
-            let r = copy_loop(&sim, prod.uploads).await?;
-            sim.shutdown().await;
-            eprintln!("[transfer] limit: {:.0} MiB/s", mbps(r.0, r.1));
-            limits.push(r);
-        }
-        let d = daemon_transfer(&spec, l, label).await?;
+    for round in 1..=3 {
+        let r = limit_run(&spec, prod.uploads).await?;
+        eprintln!("[transfer] limit #{round}: {:.0} MiB/s", mbps(r.0, r.1));
+        limits.push(r);
+        let d = daemon_transfer(&spec, lifted, &format!("lifted-{round}")).await?;
         eprintln!(
-            "[transfer] daemon ({label}): {:.0} MiB/s over the pass, peak RSS {}",
+            "[transfer] daemon #{round} (lifted): {:.0} MiB/s over the pass, peak RSS {}",
             mbps(d.bytes, d.pass),
             mib(d.run.maxrss_kib as f64 * 1024.0)
         );
-        daemons.push((label, l, d));
-        let sim = Sim::start(&spec, "127.0.0.1:0".parse().expect("addr"))
-            .await
-            .map_err(err)?;
-        let r = copy_loop(&sim, prod.uploads).await?;
-        sim.shutdown().await;
-        eprintln!("[transfer] limit: {:.0} MiB/s", mbps(r.0, r.1));
-        limits.push(r);
+        daemons.push((format!("daemon `once` #{round}, rate limits lifted"), lifted, d));
     }
+    let d = daemon_transfer(&spec, prod, "production").await?;
+    eprintln!(
+        "[transfer] daemon (production limits): {:.0} MiB/s over the pass",
+        mbps(d.bytes, d.pass)
+    );
+    daemons.push(("daemon `once`, production limits".into(), prod, d));
+
     let total: u64 = limits[0].0;
     out.para(format!(
         "Dataset: 1 flight × {} images × {} (±25 %), {} in all, no added latency. The limit \
-         is a plain loop in the harness (reqwest): download each image from the simulated \
-         Tapis and stream it into a WebODM upload, {} at once (`max_concurrent_uploads`), \
-         nothing else. The daemon is the release binary (`once --json`, `settle = \"0s\"`) in \
-         a child process, against a fresh simulator in the harness process (so the \
-         simulator's memory is not counted); its throughput is the summary's `bytes_uploaded` \
-         over `duration_ms` (the whole pass: discovery, project, task, uploads, commit). Peak \
-         RSS: `ru_maxrss` from `wait4`, taken by a small wrapper process that starts the \
-         daemon (started straight from the harness, the child's `ru_maxrss` would include the \
-         harness's own high-water mark, folded in at `exec`; the wrapper's is {}), \
-         cross-checked with `VmHWM` polled every 10 ms.",
+         is a plain loop (reqwest): download each image from the simulated Tapis and stream \
+         it into a WebODM upload, {} at once (`max_concurrent_uploads`), one connection pool \
+         per service as in the daemon, nothing else. (With one shared pool the loop was \
+         ~15 % slower than the daemon: not a limit.) Both the loop and the daemon run in a child process (the loop: this harness binary in \
+         copy-loop mode, on a default tokio runtime like the daemon's) against a fresh \
+         simulator in the harness process, so they compete for the 2 cores the same way. The \
+         daemon is the release binary (`once --json`, `settle = \"0s\"`); its throughput is \
+         the summary's `bytes_uploaded` over `duration_ms` (the whole pass: discovery, \
+         project, task, uploads, commit); the loop's is its bytes over the copies alone. Three \
+         rounds of (limit, daemon), compared median to median. Peak RSS: `ru_maxrss` from \
+         `wait4`, taken by a small wrapper process that starts the daemon (started straight \
+         from the harness, the child's `ru_maxrss` would include the harness's own high-water \
+         mark, folded in at `exec`; the wrapper's own is {}), cross-checked with `VmHWM` \
+         polled every 10 ms.",
         spec.images_per_flight,
         mib(spec.image_size as f64),
         mib(total as f64),
@@ -1584,7 +1644,6 @@ async fn section_transfer(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         "bytes",
         "time",
         "throughput",
-        "vs limit",
         "peak RSS (wait4 / VmHWM)",
         "process wall",
     ]);
@@ -1595,23 +1654,17 @@ async fn section_transfer(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
             mib(*bytes as f64),
             secs(*d),
             format!("{:.0} MiB/s", mbps(*bytes, *d)),
-            "1.00".into(),
             "–".into(),
             "–".into(),
         ]);
     }
-    let mut ratios = Vec::new();
-    for (i, (label, l, d)) in daemons.iter().enumerate() {
-        let around = (mbps(limits[i].0, limits[i].1) + mbps(limits[i + 1].0, limits[i + 1].1)) / 2.0;
-        let ratio = mbps(d.bytes, d.pass) / around;
-        ratios.push((*label, ratio, d));
+    for (label, l, d) in &daemons {
         t.row(vec![
-            format!("daemon `once` ({label} limits)"),
+            label.clone(),
             l.describe(),
             mib(d.bytes as f64),
             secs(d.pass),
             format!("{:.0} MiB/s", mbps(d.bytes, d.pass)),
-            format!("**{ratio:.2}** (of limits #{} and #{})", i + 1, i + 2),
             format!(
                 "{} / {}",
                 mib(d.run.maxrss_kib as f64 * 1024.0),
@@ -1621,28 +1674,36 @@ async fn section_transfer(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         ]);
     }
     out.table(&t);
-    let (_, prod_ratio, prod_run) = ratios[1];
-    let (_, lifted_ratio, lifted_run) = ratios[0];
-    let downloads = spec.images_per_flight as f64;
+    let limit_median = median(limits.iter().map(|(b, d)| mbps(*b, *d)).collect());
+    let daemon_median = median(
+        daemons[..3]
+            .iter()
+            .map(|(_, _, d)| mbps(d.bytes, d.pass))
+            .collect(),
+    );
+    let ratio = daemon_median / limit_median;
+    let prod_run = &daemons[3].2;
+    let prod_ratio = mbps(prod_run.bytes, prod_run.pass) / limit_median;
     out.para(format!(
-        "At the production limits every image download is one Tapis request, so the rate \
-         limit caps the copy at {} rps × {} ≈ {:.0} MiB/s (plus the listings); \
-         with the rate limits lifted the daemon is limited by the same things as the loop. \
-         The ≥ 0.8 target is measured with the rate limits lifted (the loop has none); both \
-         rows are shown. A pass of {downloads} images needs ≥ {:.1} s at {} rps.",
+        "Median throughput: limit {limit_median:.0} MiB/s, daemon {daemon_median:.0} MiB/s: \
+         **{ratio:.2}** of the limit with the rate limits lifted. The ≥ 0.8 target is measured \
+         there, because the limit has no rate limit either. At the production limits \
+         ({}) the daemon reaches {:.0} MiB/s ({prod_ratio:.2} of the limit): every image \
+         download is one Tapis request, so `tapis.requests_per_second` = {} caps the copy at \
+         {} rps × {} ≈ {:.0} MiB/s whatever the link allows — a pass of {} images needs ≥ \
+         {:.1} s.",
+        prod.describe(),
+        mbps(prod_run.bytes, prod_run.pass),
+        prod.tapis_rps,
         prod.tapis_rps,
         mib(spec.image_size as f64),
         prod.tapis_rps as f64 * spec.image_size as f64 / MIB,
-        downloads / prod.tapis_rps as f64,
-        prod.tapis_rps,
+        spec.images_per_flight,
+        spec.images_per_flight as f64 / prod.tapis_rps as f64,
     ));
     out.verdict(
-        format!("throughput ≥ 0.8 × limit (rate limits lifted): {lifted_ratio:.2}"),
-        lifted_ratio >= 0.8,
-    );
-    out.verdict(
-        format!("throughput ≥ 0.8 × limit at the production rate limits: {prod_ratio:.2}"),
-        prod_ratio >= 0.8,
+        format!("throughput ≥ 0.8 × limit (rate limits lifted, medians): {ratio:.2}"),
+        ratio >= 0.8,
     );
     let peak = daemons
         .iter()
@@ -1651,7 +1712,7 @@ async fn section_transfer(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         .unwrap_or(0);
     out.verdict(
         format!(
-            "peak RSS of the daemon ≤ 64 MiB: {}",
+            "peak RSS of the daemon ≤ 64 MiB (all 4 runs): {}",
             mib(peak as f64 * 1024.0)
         ),
         peak as f64 <= 64.0 * 1024.0,
@@ -1663,7 +1724,6 @@ async fn section_transfer(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         "every daemon run uploaded every image byte for byte (simulator report) and committed",
         ok,
     );
-    let _ = (prod_run, lifted_run);
     out.finish();
     Ok(out)
 }
@@ -2187,6 +2247,9 @@ async fn serve_lab(dir: &Path, scale: &Scale, prod: Limits) -> R<()> {
 fn main() -> std::process::ExitCode {
     if let Ok(report) = std::env::var(WRAP_ENV) {
         return wrapper(&report);
+    }
+    if let Ok(base) = std::env::var(COPY_ENV) {
+        return copy_loop_main(&base);
     }
     let opts = match parse_args() {
         Ok(o) => o,
