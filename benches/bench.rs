@@ -121,7 +121,11 @@ fn parse_args() -> R<Opts> {
                 let n = args.next().ok_or("--production-slice needs a number")?;
                 production_slice = Some(n.parse().map_err(err)?);
             }
-            "--perf" => perf = Some(PathBuf::from(args.next().ok_or("--perf needs a directory")?)),
+            "--perf" => {
+                perf = Some(PathBuf::from(
+                    args.next().ok_or("--perf needs a directory")?,
+                ))
+            }
             "--serve-lab" => {
                 serve_lab = Some(PathBuf::from(
                     args.next().ok_or("--serve-lab needs a directory")?,
@@ -450,7 +454,10 @@ fn machine() -> String {
     let cpuinfo = read("/proc/cpuinfo");
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':'])))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']))
+        })
         .unwrap_or("unknown CPU")
         .to_string();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -524,12 +531,7 @@ struct Seeded {
 ///
 /// With `image_records` false the per-image records are left out (a store in which commit
 /// drops them: the daemon never reads them again for a committed flight).
-async fn seed(
-    config: &Config,
-    store: &Store,
-    only: &[String],
-    image_records: bool,
-) -> R<Seeded> {
+async fn seed(config: &Config, store: &Store, only: &[String], image_records: bool) -> R<Seeded> {
     let clients = Clients::new(config).map_err(err)?;
     let t = Instant::now();
     let scope = Scope::new(&config.tapis, &config.layout, only);
@@ -736,7 +738,12 @@ async fn baseline(sim: &Sim, only: &[String]) -> R<Baseline> {
             if r.status() == reqwest::StatusCode::NOT_FOUND {
                 return Ok::<_, String>(None);
             }
-            let v: Value = r.error_for_status().map_err(err)?.json().await.map_err(err)?;
+            let v: Value = r
+                .error_for_status()
+                .map_err(err)?
+                .json()
+                .await
+                .map_err(err)?;
             Ok(Some(v["result"].as_array().cloned().unwrap_or_default()))
         }
     };
@@ -875,7 +882,11 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     let mut lifted_runs = Vec::new();
     for i in 0..3 {
         let m = measured_pass(&sim, &cfg_lifted, &store, &[]).await?;
-        eprintln!("[unchanged] daemon, limits lifted, run {}: {}", i + 1, secs(m.wall));
+        eprintln!(
+            "[unchanged] daemon, limits lifted, run {}: {}",
+            i + 1,
+            secs(m.wall)
+        );
         lifted_runs.push(m);
     }
     lifted_runs.sort_by_key(|m| m.wall);
@@ -932,7 +943,12 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         spec.images_per_flight,
         decoy_folders,
         flights,
-        seeded.desired.flights.iter().map(|f| f.images.len()).sum::<usize>(),
+        seeded
+            .desired
+            .flights
+            .iter()
+            .map(|f| f.images.len())
+            .sum::<usize>(),
         expected.flights,
         expected.images,
         seeded.desired.flights.len(),
@@ -970,7 +986,10 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
             label,
             limits.describe(),
             secs(m.wall),
-            format!("**{:.1}×** faster", base_wall.as_secs_f64() / m.wall.as_secs_f64()),
+            format!(
+                "**{:.1}×** faster",
+                base_wall.as_secs_f64() / m.wall.as_secs_f64()
+            ),
             format!(
                 "{} ({}/{}/{}/{})",
                 c.tapis(),
@@ -1060,7 +1079,10 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     ));
     let ratio = base.wall.as_secs_f64() / median.wall.as_secs_f64();
     let (prod_ratio, prod_base) = match &base_slice {
-        None => (base.wall.as_secs_f64() / production.wall.as_secs_f64(), base.wall),
+        None => (
+            base.wall.as_secs_f64() / production.wall.as_secs_f64(),
+            base.wall,
+        ),
         Some((b, _)) => (b.wall.as_secs_f64() / production.wall.as_secs_f64(), b.wall),
     };
     let prod_tapis = production.counts.tapis();
@@ -1110,8 +1132,14 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         format!("zero WebODM writes (all 4 passes): {writes}"),
         writes == 0,
     );
-    let noop = lifted_runs.iter().chain([&production]).all(Measured::is_noop);
-    out.verdict("every measured pass is a no-op (empty plan, no errors)", noop);
+    let noop = lifted_runs
+        .iter()
+        .chain([&production])
+        .all(Measured::is_noop);
+    out.verdict(
+        "every measured pass is a no-op (empty plan, no errors)",
+        noop,
+    );
     out.verdict(
         format!(
             "the daemon finds what the baseline finds: {} flights",
@@ -1150,9 +1178,13 @@ struct ChildRun {
 /// `VmHWM`/`VmRSS` etc. of a process, KiB.
 fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim_start_matches(':').split_whitespace().next()?.parse().ok())
+    s.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| {
+        v.trim_start_matches(':')
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 /// utime + stime of a process, seconds.
@@ -1606,7 +1638,11 @@ async fn section_transfer(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
             mbps(d.bytes, d.pass),
             mib(d.run.maxrss_kib as f64 * 1024.0)
         );
-        daemons.push((format!("daemon `once` #{round}, rate limits lifted"), lifted, d));
+        daemons.push((
+            format!("daemon `once` #{round}, rate limits lifted"),
+            lifted,
+            d,
+        ));
     }
     let d = daemon_transfer(&spec, prod, "production").await?;
     eprintln!(
@@ -1841,7 +1877,12 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
             secs(m.wall),
             format!("{:.2} ms", m.wall.as_secs_f64() * 1e3 / flights as f64),
             format!("{}", m.counts.tapis()),
-            if pure_noop && m.is_noop() { "yes" } else { "NO" }.into(),
+            if pure_noop && m.is_noop() {
+                "yes"
+            } else {
+                "NO"
+            }
+            .into(),
         ]);
         points.push((flights, read, planned, m.wall));
     }
@@ -1933,7 +1974,10 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         (read1 + plan1).as_secs_f64() * 1e3,
     ));
     out.verdict(
-        format!("`status` under 1 s on the {f1}-flight store: {}", secs(status_wall)),
+        format!(
+            "`status` under 1 s on the {f1}-flight store: {}",
+            secs(status_wall)
+        ),
         status_wall < Duration::from_secs(1),
     );
     out.verdict(
@@ -1980,7 +2024,13 @@ struct Idle {
 /// RSS a second later: how much of the RSS is freed heap the allocator keeps.
 fn rss_after_malloc_trim(pid: u32) -> Option<u64> {
     let ok = Command::new("gdb")
-        .args(["-p", &pid.to_string(), "-batch", "-ex", "call (int)malloc_trim(0)"])
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "call (int)malloc_trim(0)",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -2093,9 +2143,7 @@ async fn section_idle(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let dir = tempfile::tempdir().map_err(err)?;
     // (a) the demo dataset, synced by the daemon's own first pass;
-    let demo_sim = Sim::start(&DatasetSpec::demo(), addr)
-        .await
-        .map_err(err)?;
+    let demo_sim = Sim::start(&DatasetSpec::demo(), addr).await.map_err(err)?;
     let demo_state = dir.path().join("demo");
     let demo = demo_sim.dataset().expected();
     // (b) the lab of section 1 (seeded), whose first pass is a no-op over every flight;
@@ -2117,7 +2165,12 @@ async fn section_idle(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         .await?;
         store.flush().await.map_err(err)?;
         drop(store);
-        labs.push((label, sim, state_dir, (s.desired.flights.len() as u64, s.images)));
+        labs.push((
+            label,
+            sim,
+            state_dir,
+            (s.desired.flights.len() as u64, s.images),
+        ));
     }
     eprintln!("[idle] three daemons idle for {} s…", window.as_secs());
     let perf = opts.perf.as_deref();
@@ -2157,7 +2210,11 @@ async fn section_idle(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         window.as_secs(),
         demo.flights,
         demo.images,
-        if demo_converged { "complete" } else { "INCOMPLETE" },
+        if demo_converged {
+            "complete"
+        } else {
+            "INCOMPLETE"
+        },
         lab_spec.systems * lab_spec.flights_per_system,
         lab_spec.images_per_flight,
     ));
@@ -2225,7 +2282,13 @@ async fn serve_lab(dir: &Path, scale: &Scale, prod: Limits) -> R<()> {
         .map_err(err)?;
     {
         let store = Store::open(&state_dir).map_err(err)?;
-        let s = seed(&lib_config(&sim, &state_dir, prod.lifted())?, &store, &[], true).await?;
+        let s = seed(
+            &lib_config(&sim, &state_dir, prod.lifted())?,
+            &store,
+            &[],
+            true,
+        )
+        .await?;
         store.flush().await.map_err(err)?;
         eprintln!(
             "seeded {} flights, {} image records",
