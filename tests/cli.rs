@@ -223,7 +223,7 @@ async fn sim_prints_its_url_first_and_writes_a_config() {
 }
 
 #[test]
-fn sim_rejects_fault_flags_until_they_exist() {
-    let o = run(&["sim", "--error-rate", "0.2"]);
+fn sim_rejects_a_fault_rate_above_one() {
+    let o = run(&["sim", "--error-rate", "2"]);
     assert_eq!(o.status.code(), Some(2));
 }
