@@ -565,7 +565,7 @@ async fn seed(config: &Config, store: &Store, only: &[String], image_records: bo
                 .create_task(
                     project.id,
                     &NewTask {
-                        name: naming::task_name(key),
+                        name: naming::task_name(key, 0),
                         options: config.webodm.task_options.clone(),
                         tags: naming::tags(key),
                     },
@@ -1854,6 +1854,7 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         let settings = Settings {
             settle: config.sync.settle,
             max_new_projects: config.sync.max_new_projects_per_pass,
+            on_change: config.sync.on_change_after_commit,
         };
         let t0 = Instant::now();
         let p = plan::plan(&desired_all, &obs, state::now_ms(), &settings);
@@ -2147,8 +2148,8 @@ async fn section_idle(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     let demo_state = dir.path().join("demo");
     let demo = demo_sim.dataset().expected();
     // (b) the lab of section 1 (seeded), whose first pass is a no-op over every flight;
-    // (c) the same without per-image records (what the store would hold if commit dropped
-    //     them: the engine never reads them for a committed flight).
+    // (c) the same without per-image records: what the engine leaves, since committing a
+    //     flight drops its image records.
     let lab_spec = unchanged_spec(scale);
     let mut labs = Vec::new();
     for (label, image_records) in [("lab", true), ("lab-no-image-records", false)] {
@@ -2202,11 +2203,12 @@ async fn section_idle(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
          read, and again {} s later. Three daemons idle side by side: `demo`, whose first pass \
          synced the demo dataset ({} flights, {} images, uploaded by that pass: {}); `lab`, \
          whose first pass was an unchanged pass over the lab of section 1 ({} flights × {} \
-         images, every image recorded in the store); and `lab-no-image-records`, the same lab \
-         with a store that holds no per-image records for committed flights (a what-if: the \
-         engine never reads them again once a flight is committed). After the window, and \
-         only to diagnose, `malloc_trim(0)` is called inside each daemon with gdb and its RSS \
-         read again: the difference is freed heap that glibc keeps.",
+         images, every image recorded in the store, as a store written before commits dropped \
+         image records); and `lab-no-image-records`, the same lab with the store the engine \
+         leaves now (committing a flight drops its image records). The daemon returns freed \
+         heap to the kernel after each pass (`malloc_trim(0)`); after the window, `malloc_trim(0)` \
+         is also called inside each daemon with gdb and its RSS read again, as a check that \
+         nothing more is left to return.",
         window.as_secs(),
         demo.flights,
         demo.images,
