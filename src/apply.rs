@@ -125,6 +125,17 @@ fn api(what: impl Into<String>) -> impl FnOnce(ApiError) -> StepError {
     move |source| StepError::Api { what, source }
 }
 
+/// Like [`api`], except that a 404 means `gone` was deleted in WebODM.
+fn api_or_deleted(what: &str, gone: String) -> impl FnOnce(ApiError) -> StepError + '_ {
+    move |e| {
+        if e.is_not_found() {
+            StepError::Deleted(gone)
+        } else {
+            api(what)(e)
+        }
+    }
+}
+
 /// What the engine needs to run a plan.
 pub struct Engine<'a> {
     /// Tapis client.
@@ -410,13 +421,10 @@ impl Engine<'_> {
                 Ok(((t, generation), true))
             })
             .await
-            .map_err(|e| {
-                if e.is_not_found() {
-                    StepError::Deleted(format!("project {project}"))
-                } else {
-                    api("creating the task")(e)
-                }
-            })?;
+            .map_err(api_or_deleted(
+                "creating the task",
+                format!("project {project}"),
+            ))?;
         if created {
             info!(system = %key.system, flight = %key.flight, task = %task.id, "created task");
             self.store.clear_images(&key)?;
@@ -605,13 +613,10 @@ impl Engine<'_> {
                 Ok(true)
             })
             .await
-            .map_err(|e| {
-                if e.is_not_found() {
-                    StepError::Deleted(format!("task {task}"))
-                } else {
-                    api("committing the task")(e)
-                }
-            })?;
+            .map_err(api_or_deleted(
+                "committing the task",
+                format!("task {task}"),
+            ))?;
         info!(system = %key.system, flight = %key.flight, task = %task, images = rec.images_total, "committed task for processing");
         rec.phase = Phase::Committed;
         rec.committed_listing = Some(rec.listing);

@@ -206,14 +206,7 @@ impl TapisClient {
                 ("limit", limit.as_str()),
                 ("skip", skip.as_str()),
             ];
-            let page: Envelope<Vec<System>> = svc
-                .retry(|| async {
-                    self.call(|| svc.request(Method::GET, url.clone()).query(&query))
-                        .await?
-                        .json()
-                        .await
-                })
-                .await?;
+            let page: Envelope<Vec<System>> = self.get_json(&url, &query).await?;
             if let Some(all) = pages.add(page.result, |s| s.id.clone(), "system")? {
                 return Ok(all);
             }
@@ -230,18 +223,27 @@ impl TapisClient {
         loop {
             let offset = pages.received.to_string();
             let query = [("limit", limit.as_str()), ("offset", offset.as_str())];
-            let page: Envelope<Vec<FileEntry>> = svc
-                .retry(|| async {
-                    self.call(|| svc.request(Method::GET, url.clone()).query(&query))
-                        .await?
-                        .json()
-                        .await
-                })
-                .await?;
+            let page: Envelope<Vec<FileEntry>> = self.get_json(&url, &query).await?;
             if let Some(all) = pages.add(page.result, |e| e.name.clone(), "entry")? {
                 return Ok(all);
             }
         }
+    }
+
+    /// One GET answered with JSON, retried while the failure is transient.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &url::Url,
+        query: &[(&str, &str)],
+    ) -> Result<T, ApiError> {
+        let svc = &self.inner.svc;
+        svc.retry(|| async {
+            self.call(|| svc.request(Method::GET, url.clone()).query(query))
+                .await?
+                .json()
+                .await
+        })
+        .await
     }
 
     /// The content of a file, streamed as it arrives (one attempt, no retries: a failed
