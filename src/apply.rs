@@ -165,10 +165,9 @@ struct FlightOutcome {
 }
 
 impl Engine<'_> {
-    /// Runs every flight's steps (flights concurrently), records vanished flights, and returns
-    /// the counts for the pass summary.
-    pub async fn apply(&self, plan: &Plan) -> PassSummary {
-        let mut summary = PassSummary::default();
+    /// Runs every flight's steps (flights concurrently), records vanished flights, and adds
+    /// what was done to the pass summary (created projects and errors in a stable order).
+    pub async fn apply(&self, plan: &Plan, summary: &mut PassSummary) {
         let uploads = Arc::new(Semaphore::new(self.config.webodm.max_concurrent_uploads));
         if let Some(bar) = &self.progress {
             bar.set_length(plan.uploads().1);
@@ -193,7 +192,6 @@ impl Engine<'_> {
         if let Some(bar) = &self.progress {
             bar.finish_and_clear();
         }
-        summary
     }
 
     async fn mark_vanished(&self, key: &FlightKey) -> Result<(), StateError> {

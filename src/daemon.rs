@@ -157,14 +157,7 @@ pub async fn pass(
                         .then(crate::telemetry::transfer_progress)
                         .flatten(),
                 };
-                let applied = engine.apply(&plan).await;
-                summary.projects_created = applied.projects_created;
-                summary.created_projects = applied.created_projects;
-                summary.tasks_created = applied.tasks_created;
-                summary.images_uploaded = applied.images_uploaded;
-                summary.bytes_uploaded = applied.bytes_uploaded;
-                summary.tasks_committed = applied.tasks_committed;
-                summary.errors.extend(applied.errors);
+                engine.apply(&plan, &mut summary).await;
             }
         }
     }
