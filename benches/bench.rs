@@ -38,14 +38,16 @@ use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
+use tapis_webodm_sync::clients::webodm::{NewProject, NewTask};
+use tapis_webodm_sync::clients::Clients;
 use tapis_webodm_sync::config::Config;
-use tapis_webodm_sync::daemon::{self, Clients, PassOptions, PassReport};
-use tapis_webodm_sync::discover::{self, Desired, Flight, Scope};
-use tapis_webodm_sync::plan::{self, Observed, Settings};
+use tapis_webodm_sync::demo;
+use tapis_webodm_sync::engine::discover::{self, Desired, Flight, Scope};
+use tapis_webodm_sync::engine::naming;
+use tapis_webodm_sync::engine::pass::{self, PassOptions, PassReport};
+use tapis_webodm_sync::engine::plan::{self, Observed, Settings};
+use tapis_webodm_sync::engine::state::{self, FlightRecord, Phase, Store, UploadedImage};
 use tapis_webodm_sync::sim::{Credentials, DatasetSpec, Faults, Sim, Stats};
-use tapis_webodm_sync::state::{self, FlightRecord, Phase, Store, UploadedImage};
-use tapis_webodm_sync::webodm::{NewProject, NewTask};
-use tapis_webodm_sync::{demo, naming};
 
 /// The daemon binary built with this bench (release profile).
 const BIN: &str = env!("CARGO_BIN_EXE_tapis-webodm-sync");
@@ -668,7 +670,7 @@ async fn measured_pass(sim: &Sim, config: &Config, store: &Store, only: &[String
     };
     let before = sim.stats();
     let t = Instant::now();
-    let report = daemon::pass(config, &clients, Some(store), &opts, no_stop()).await;
+    let report = pass::pass(config, &clients, Some(store), &opts, no_stop()).await;
     let wall = t.elapsed();
     let counts = Counts::between(&before, &sim.stats());
     Ok(Measured {
@@ -936,7 +938,7 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
          The daemon finds {} flights ({} images; the generator expects {} and {}). The store \
          and WebODM hold every flight synced (seeded: {} records, {} image records, in {}). \
          Simulator latency: 20 ms before every response. Daemon passes run in-process \
-         (`daemon::pass`) with clients already logged in, as in a daemon whose token lives \
+         (`engine::pass::pass`) with clients already logged in, as in a daemon whose token lives \
          for hours; request counts are the simulator's.",
         spec.systems,
         spec.flights_per_system,
@@ -1843,7 +1845,7 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
 
         // The state side alone: read the store, plan against what Tapis holds.
         let t0 = Instant::now();
-        let mut obs: Observed = daemon::observed(&store).map_err(err)?;
+        let mut obs: Observed = pass::observed(&store).map_err(err)?;
         let read = t0.elapsed();
         obs.webodm = Some(
             sim.webodm_projects()
@@ -1952,7 +1954,7 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
          Each store is built by seeding the next systems (records via `Store::put_flight` / \
          `mark_uploaded`, a project and a task per flight in the simulated WebODM; {} in \
          all), then measured: the store read and the pure plan in-process, and a whole pass \
-         (`daemon::pass`, no added latency, rate limits lifted, production concurrency) over \
+         (`engine::pass::pass`, no added latency, rate limits lifted, production concurrency) over \
          the systems in the store.",
         spec.systems,
         spec.flights_per_system,
@@ -2069,7 +2071,7 @@ async fn idle_daemon(
     let t = Instant::now();
     // The first pass is over when the snapshot records it.
     loop {
-        if let Ok(snap) = tapis_webodm_sync::status::read_snapshot(state_dir) {
+        if let Ok(snap) = tapis_webodm_sync::service::status::read_snapshot(state_dir) {
             if snap.last_pass.is_some() {
                 break;
             }

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use indicatif::HumanBytes;
 use serde::Serialize;
 
+use crate::clients::Clients;
 use crate::config::{self, Config, ConfigError};
-use crate::daemon::{self, Clients, PassOptions, PassReport};
-use crate::discover::{self, Scope};
-use crate::plan::Step;
-use crate::state::{FlightKey, StateError, Store};
+use crate::engine::discover::{self, Scope};
+use crate::engine::pass::{self, PassOptions, PassReport};
+use crate::engine::plan::Step;
+use crate::engine::state::{FlightKey, StateError, Store};
+use crate::service::daemon;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -40,7 +42,7 @@ fn load(flag: Option<PathBuf>) -> Result<(PathBuf, Config), u8> {
     let path = config::locate(flag.as_deref());
     match Config::load(&path) {
         Ok(c) => {
-            crate::telemetry::init(c.log.format, &c.log.level);
+            crate::service::telemetry::init(c.log.format, &c.log.level);
             c.warning_lines(&path)
                 .iter()
                 .for_each(|w| eprintln!("warning: {w}"));
@@ -115,7 +117,7 @@ pub async fn once(flag: Option<PathBuf>, dry_run: bool, systems: Vec<String>, js
         dry_run,
         only_systems: systems,
     };
-    let report = daemon::pass(
+    let report = pass::pass(
         &config,
         &clients,
         store.as_ref(),
@@ -223,7 +225,7 @@ fn print_summary(report: &PassReport) {
     print_errors(&s.errors);
 }
 
-pub use crate::status::StatusRow;
+pub use crate::service::status::StatusRow;
 
 /// `status`: every flight in the store. When the daemon holds the state dir (sled allows one
 /// process), the snapshot it keeps in `<state_dir>/status.json` is shown instead.
@@ -231,23 +233,24 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
     let (_, config) = or_exit!(load(flag));
     let dir = &config.sync.state_dir;
     let rows = match Store::open(dir) {
-        Ok(store) => match crate::status::rows(&store) {
+        Ok(store) => match crate::service::status::rows(&store) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e}");
                 return EXIT_ERRORS;
             }
         },
-        Err(StateError::Locked { holder, .. }) => match crate::status::read_snapshot(dir) {
-            Ok(snap) => {
-                eprintln!(
-                    "note: the daemon (pid {}) holds {}; showing its snapshot of {}",
-                    holder.map_or_else(|| snap.pid.to_string(), |p| p.to_string()),
-                    dir.display(),
-                    snap.written_at
-                );
-                if let (Some(p), false) = (&snap.last_pass, json) {
-                    println!(
+        Err(StateError::Locked { holder, .. }) => {
+            match crate::service::status::read_snapshot(dir) {
+                Ok(snap) => {
+                    eprintln!(
+                        "note: the daemon (pid {}) holds {}; showing its snapshot of {}",
+                        holder.map_or_else(|| snap.pid.to_string(), |p| p.to_string()),
+                        dir.display(),
+                        snap.written_at
+                    );
+                    if let (Some(p), false) = (&snap.last_pass, json) {
+                        println!(
                         "Last pass {}: {} projects created, {} images uploaded, {} tasks committed, {} errors",
                         p.finished_at,
                         p.summary.projects_created,
@@ -255,19 +258,20 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
                         p.summary.tasks_committed,
                         p.summary.errors.len()
                     );
+                    }
+                    snap.flights
                 }
-                snap.flights
-            }
-            Err(e) => {
-                eprintln!(
+                Err(e) => {
+                    eprintln!(
                     "error: {} is locked by another process{} and its status snapshot {} cannot be read: {e}",
                     dir.display(),
                     holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),
-                    crate::status::snapshot_path(dir).display()
+                    crate::service::status::snapshot_path(dir).display()
                 );
-                return EXIT_LOCKED;
+                    return EXIT_LOCKED;
+                }
             }
-        },
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_ERRORS;
@@ -474,7 +478,7 @@ pub async fn check_config(flag: Option<PathBuf>) -> u8 {
 
 /// `demo`: simulator + passes + report.
 pub async fn demo(json: bool) -> u8 {
-    crate::telemetry::init(Default::default(), "warn");
+    crate::service::telemetry::init(Default::default(), "warn");
     match crate::demo::run().await {
         Ok(result) => {
             if json {
@@ -497,7 +501,7 @@ pub async fn demo(json: bool) -> u8 {
 
 /// `sim`: only the simulator.
 pub async fn sim(args: crate::sim::SimArgs) -> u8 {
-    crate::telemetry::init(Default::default(), "info");
+    crate::service::telemetry::init(Default::default(), "info");
     match crate::sim::serve_cli(args).await {
         Ok(()) => EXIT_OK,
         Err(e) => {

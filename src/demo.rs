@@ -8,11 +8,12 @@ use std::sync::Arc;
 use indicatif::HumanBytes;
 use serde::Serialize;
 
-use crate::apply::PassSummary;
+use crate::clients::Clients;
 use crate::config::{Config, Secret, TapisAuth};
-use crate::daemon::{self, Clients, PassOptions};
+use crate::engine::pass::{self, PassOptions};
+use crate::engine::state::Store;
+use crate::engine::PassSummary;
 use crate::sim::{DatasetSpec, Expected, Sim, WebodmReport};
-use crate::state::Store;
 
 /// The config `demo` runs with (base URLs, credentials and state dir are replaced).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
@@ -60,10 +61,10 @@ pub enum DemoError {
     Config(#[from] crate::config::ConfigError),
     /// The store failed.
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] crate::engine::state::StateError),
     /// A client could not be built.
     #[error(transparent)]
-    Client(#[from] crate::http::ApiError),
+    Client(#[from] crate::clients::http::ApiError),
 }
 
 /// The demo config pointed at a running simulator, with its state in `state_dir`.
@@ -96,7 +97,7 @@ pub async fn run() -> Result<DemoResult, DemoError> {
     let store = Store::open(&config.sync.state_dir)?;
     let mut passes = Vec::new();
     for _ in 0..MAX_PASSES {
-        let report = daemon::pass(
+        let report = pass::pass(
             &config,
             &clients,
             Some(&store),

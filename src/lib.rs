@@ -1,20 +1,15 @@
 //! tapis-webodm-sync: keeps WebODM projects in step with drone flights stored on Tapis.
+//!
+//! Data flows one way:
+//! `config` → `service` (daemon loop) → `engine` (discover → plan → apply → state), with
+//! `clients` (Tapis, WebODM over shared HTTP plumbing) doing the I/O and `metrics` as the
+//! low-level hooks both call. `sim` is the simulator used by `demo`, the tests and benches.
 
-pub mod admin;
-pub mod apply;
 pub mod cli;
+pub mod clients;
 pub mod config;
-pub mod daemon;
 pub mod demo;
-pub mod discover;
-pub mod http;
+pub mod engine;
 pub mod metrics;
-pub mod naming;
-pub mod notify;
-pub mod plan;
+pub mod service;
 pub mod sim;
-pub mod state;
-pub mod status;
-pub mod tapis;
-pub mod telemetry;
-pub mod webodm;

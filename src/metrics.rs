@@ -15,8 +15,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::apply::PassSummary;
-
 /// `{service, class}` of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -147,16 +145,15 @@ impl Metrics {
         out
     }
 
-    /// Records a finished pass (`end_ms`: unix ms).
-    pub fn pass_finished(&self, summary: &PassSummary, end_ms: i64) {
-        let ok = summary.errors.is_empty();
+    /// Records a finished pass: whether it was free of errors, how long it took, and when it
+    /// ended (`end_ms`: unix ms).
+    pub fn pass_finished(&self, ok: bool, duration: Duration, end_ms: i64) {
         self.passes
             .get_or_create(&OutcomeLabels {
                 outcome: if ok { "ok" } else { "errors" }.into(),
             })
             .inc();
-        self.pass_duration
-            .observe(summary.duration_ms as f64 / 1000.0);
+        self.pass_duration.observe(duration.as_secs_f64());
         let secs = end_ms as f64 / 1000.0;
         self.last_pass.set(secs);
         if ok {

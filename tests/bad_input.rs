@@ -12,8 +12,8 @@ use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
 use bad_input_support::{spec, synced, target_of, Action, Renames, Rig, Rule};
+use tapis_webodm_sync::engine::state::{FlightKey, Store};
 use tapis_webodm_sync::sim::ExpectedFlight;
-use tapis_webodm_sync::state::{FlightKey, Store};
 
 /// What a case expects of the pass.
 #[derive(Debug, Clone, Copy)]

@@ -6,9 +6,9 @@ use std::path::Path;
 use proptest::prelude::*;
 use serde_json::Value;
 
+use tapis_webodm_sync::clients::tapis::{decode_file_listing, decode_systems_listing};
+use tapis_webodm_sync::clients::webodm::{decode_projects, decode_task, decode_upload};
 use tapis_webodm_sync::config::Config;
-use tapis_webodm_sync::tapis::{decode_file_listing, decode_systems_listing};
-use tapis_webodm_sync::webodm::{decode_projects, decode_task, decode_upload};
 
 /// Arbitrary JSON, biased towards the keys the listings use.
 fn json() -> impl Strategy<Value = Value> {

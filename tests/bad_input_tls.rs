@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use tapis_webodm_sync::clients::http::ApiError;
+use tapis_webodm_sync::clients::tapis::TapisClient;
+use tapis_webodm_sync::clients::webodm::WebodmClient;
 use tapis_webodm_sync::config::Config;
-use tapis_webodm_sync::http::ApiError;
-use tapis_webodm_sync::tapis::TapisClient;
-use tapis_webodm_sync::webodm::WebodmClient;
 
 /// (CA certificate PEM, server certificate DER, server key DER) for `localhost`/`127.0.0.1`.
 fn private_ca() -> (String, Vec<u8>, Vec<u8>) {

@@ -158,7 +158,7 @@ async fn once_status_plan_and_lock() {
 
     // A second process on the same state dir is refused with 75, naming the holder.
     let state = dir.path().join("state");
-    let store = tapis_webodm_sync::state::Store::open(&state).unwrap();
+    let store = tapis_webodm_sync::engine::state::Store::open(&state).unwrap();
     let locked = tokio::task::spawn_blocking({
         let config = config.clone();
         move || run(&["--config", &config, "once"])

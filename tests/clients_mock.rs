@@ -14,10 +14,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use futures_util::StreamExt as _;
+use tapis_webodm_sync::clients::http::{verify_length, ApiError, ByteStream};
+use tapis_webodm_sync::clients::tapis::{FileKind, TapisClient};
+use tapis_webodm_sync::clients::webodm::{NewProject, NewTask, WebodmClient};
 use tapis_webodm_sync::config::{Config, OptionValue, Secret, TapisAuth, TaskOption};
-use tapis_webodm_sync::http::{verify_length, ApiError, ByteStream};
-use tapis_webodm_sync::tapis::{FileKind, TapisClient};
-use tapis_webodm_sync::webodm::{NewProject, NewTask, WebodmClient};
 
 /// A canned answer the next matching request gets instead of the normal one.
 struct Fault {

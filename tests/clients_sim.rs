@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use sha2::{Digest, Sha256};
+use tapis_webodm_sync::clients::http::verify_length;
+use tapis_webodm_sync::clients::tapis::{FileKind, TapisClient};
+use tapis_webodm_sync::clients::webodm::{NewProject, NewTask, WebodmClient};
 use tapis_webodm_sync::config::{Config, OptionValue, TaskOption};
-use tapis_webodm_sync::http::verify_length;
 use tapis_webodm_sync::sim::{key_tag, DatasetSpec, ExpectedFlight, Sim};
-use tapis_webodm_sync::tapis::{FileKind, TapisClient};
-use tapis_webodm_sync::webodm::{NewProject, NewTask, WebodmClient};
 
 fn local() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -299,13 +299,13 @@ async fn bad_credentials_are_reported_as_auth_errors() {
     let (tapis, webodm) = clients(&cfg);
     let e = tapis.login().await.unwrap_err();
     assert!(
-        matches!(e, tapis_webodm_sync::http::ApiError::Auth { .. }),
+        matches!(e, tapis_webodm_sync::clients::http::ApiError::Auth { .. }),
         "{e:?}"
     );
     assert!(!e.to_string().contains("wrong-pw"));
     let e = webodm.login().await.unwrap_err();
     assert!(
-        matches!(e, tapis_webodm_sync::http::ApiError::Auth { .. }),
+        matches!(e, tapis_webodm_sync::clients::http::ApiError::Auth { .. }),
         "{e:?}"
     );
     assert!(!e.to_string().contains("wrong-pw"));
@@ -342,7 +342,7 @@ async fn odd_file_names_upload_and_are_found_by_name() {
         "q\"uote.jpg",
     ] {
         let data = bytes::Bytes::from(vec![7u8; 1234]);
-        let body: tapis_webodm_sync::http::ByteStream =
+        let body: tapis_webodm_sync::clients::http::ByteStream =
             Box::pin(futures_util::stream::iter(vec![Ok(data)]));
         let r = webodm
             .upload_image(project.id, &task.id, name, body, 1234)
@@ -354,9 +354,9 @@ async fn odd_file_names_upload_and_are_found_by_name() {
         );
     }
     // WebODM keeps only the part after the last `\`: the client says so.
-    let body: tapis_webodm_sync::http::ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(
-        bytes::Bytes::from_static(b"abc"),
-    )]));
+    let body: tapis_webodm_sync::clients::http::ByteStream = Box::pin(futures_util::stream::iter(
+        vec![Ok(bytes::Bytes::from_static(b"abc"))],
+    ));
     let e = webodm
         .upload_image(project.id, &task.id, r"dir\b.jpg", body, 3)
         .await

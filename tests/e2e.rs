@@ -5,9 +5,9 @@ mod support;
 use std::time::Duration;
 
 use support::{assert_no_errors, assert_synced_exactly, small_spec, Rig};
-use tapis_webodm_sync::daemon::PassOptions;
+use tapis_webodm_sync::engine::pass::PassOptions;
+use tapis_webodm_sync::engine::state::Store;
 use tapis_webodm_sync::sim::{DatasetSpec, Faults};
-use tapis_webodm_sync::state::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_pass_syncs_everything_and_second_does_nothing() {

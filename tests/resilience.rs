@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{assert_no_errors, assert_synced_exactly, converged, Rig};
+use tapis_webodm_sync::engine::state::Store;
 use tapis_webodm_sync::sim::{DatasetSpec, Faults, Sim};
-use tapis_webodm_sync::state::Store;
 
 fn spec(systems: usize, flights: usize, images: usize) -> DatasetSpec {
     DatasetSpec {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tapis_webodm_sync::{tapis, webodm};
+use tapis_webodm_sync::clients::{tapis, webodm};
 
 fuzz_target!(|data: &[u8]| {
     let (page, body) = match data.split_first() {

@@ -21,11 +21,12 @@ use axum::response::Response;
 use axum::Router;
 use serde_json::Value;
 
-use tapis_webodm_sync::apply::PassSummary;
+use tapis_webodm_sync::clients::Clients;
 use tapis_webodm_sync::config::Config;
-use tapis_webodm_sync::daemon::{self, Clients, PassOptions};
+use tapis_webodm_sync::engine::pass::{self, PassOptions};
+use tapis_webodm_sync::engine::state::Store;
+use tapis_webodm_sync::engine::PassSummary;
 use tapis_webodm_sync::sim::{DatasetSpec, ExpectedFlight, Sim};
-use tapis_webodm_sync::state::Store;
 
 /// One request as the proxy saw it.
 #[derive(Debug, Clone)]
@@ -410,7 +411,7 @@ impl Rig {
 
     pub async fn pass(&self) -> PassSummary {
         let store = Store::open(&self.config.sync.state_dir).unwrap();
-        daemon::pass(
+        pass::pass(
             &self.config,
             &self.clients,
             Some(&store),

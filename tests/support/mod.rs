@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use tapis_webodm_sync::apply::PassSummary;
+use tapis_webodm_sync::clients::Clients;
 use tapis_webodm_sync::config::Config;
-use tapis_webodm_sync::daemon::{self, Clients, PassOptions, PassReport};
-use tapis_webodm_sync::naming;
+use tapis_webodm_sync::engine::naming;
+use tapis_webodm_sync::engine::pass::{self, PassOptions, PassReport};
+use tapis_webodm_sync::engine::state::{FlightKey, Store};
+use tapis_webodm_sync::engine::PassSummary;
 use tapis_webodm_sync::sim::{DatasetSpec, Faults, Sim};
-use tapis_webodm_sync::state::{FlightKey, Store};
 
 pub struct Rig {
     pub sim: Sim,
@@ -48,7 +49,7 @@ impl Rig {
 
     pub async fn pass_with(&self, opts: PassOptions, stopping: bool) -> PassReport {
         let store = Store::open(&self.config.sync.state_dir).unwrap();
-        daemon::pass(
+        pass::pass(
             &self.config,
             &self.clients,
             Some(&store),

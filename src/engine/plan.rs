@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{OnChange, RetryConfig};
-use crate::discover::{Desired, Flight, Image};
-use crate::state::{FlightKey, FlightRecord, Phase, UploadedImage};
+use crate::engine::discover::{Desired, Flight, Image};
+use crate::engine::state::{FlightKey, FlightRecord, Phase, UploadedImage};
 
 /// Settings that shape a plan.
 #[derive(Debug, Clone)]
@@ -204,7 +204,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
             Some(r) if r.next_attempt_ms.is_some_and(|t| t > now_ms) => {
                 out.waiting.push(wait(format!(
                     "retrying after {} (last error: {})",
-                    crate::state::rfc3339(r.next_attempt_ms.unwrap_or(0)),
+                    crate::engine::state::rfc3339(r.next_attempt_ms.unwrap_or(0)),
                     r.last_error.as_deref().unwrap_or("none")
                 )));
             }
@@ -239,7 +239,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
                     }
                     new_projects += 1;
                     steps.push(Step::EnsureProject {
-                        name: crate::naming::project_name(key),
+                        name: crate::engine::naming::project_name(key),
                     });
                 }
                 if task_vanished || rec.is_none_or(|r| r.task_id.is_none()) {
@@ -252,7 +252,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
                 } else {
                     out.waiting.push(wait(format!(
                         "settling: listing changed at {}; commit waits until it is unchanged for {}",
-                        crate::state::rfc3339(listing_since_ms),
+                        crate::engine::state::rfc3339(listing_since_ms),
                         humantime::format_duration(settings.settle)
                     )));
                 }

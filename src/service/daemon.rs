@@ -1,4 +1,4 @@
-//! The loop: one pass = discover → plan → apply; `run` repeats it every `interval`, starts one
+//! The daemon loop: `run` repeats a pass (`engine::pass`) every `interval`, starts one
 //! at once on SIGUSR1, reloads the config on SIGHUP (keeping the old one when the new one is
 //! invalid), and stops on SIGTERM/SIGINT: nothing new starts, the images in flight get
 //! `sync.shutdown_timeout` to finish and are abandoned after that (an image is recorded only
@@ -6,200 +6,20 @@
 //! It also talks to systemd (READY/RELOADING/STOPPING/STATUS and the watchdog), serves the
 //! admin endpoint, and writes the status snapshot.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::Serialize;
 use tracing::{error, info, warn};
 
-use crate::apply::{Engine, PassSummary};
+use crate::clients::{ApiError, Clients};
 use crate::config::Config;
-use crate::discover::{self, Scope};
-use crate::http::ApiError;
-use crate::notify;
-use crate::plan::{self, Observed, Plan, Settings};
-use crate::state::{now_ms, Phase, StateError, Store};
-use crate::tapis::TapisClient;
-use crate::webodm::WebodmClient;
-
-/// Both service clients, built from one config.
-pub struct Clients {
-    /// Tapis.
-    pub tapis: TapisClient,
-    /// WebODM.
-    pub webodm: WebodmClient,
-}
-
-impl Clients {
-    /// Builds both clients (no request is sent yet).
-    pub fn new(config: &Config) -> Result<Clients, ApiError> {
-        Ok(Clients {
-            tapis: TapisClient::new(&config.tapis, &config.retry)?,
-            webodm: WebodmClient::new(&config.webodm, &config.retry)?,
-        })
-    }
-}
-
-/// How a pass is scoped.
-#[derive(Debug, Clone, Default)]
-pub struct PassOptions {
-    /// Plan only: nothing is created, uploaded or recorded.
-    pub dry_run: bool,
-    /// Only these systems (the `--systems` filter); empty = the config's scope.
-    pub only_systems: Vec<String>,
-}
-
-/// A pass's plan and what it did.
-#[derive(Debug, Clone, Serialize)]
-pub struct PassReport {
-    /// What the pass did (for a dry run: what was found, nothing applied).
-    #[serde(flatten)]
-    pub summary: PassSummary,
-    /// What the pass planned.
-    pub plan: Plan,
-}
-
-/// Reads what plan needs from the store: every record, and the confirmed images of the flights
-/// that are not committed yet (committed flights never upload again).
-pub fn observed(store: &Store) -> Result<Observed, StateError> {
-    let mut obs = Observed::default();
-    for rec in store.flights()? {
-        if rec.phase != Phase::Committed && rec.task_id.is_some() {
-            obs.uploaded
-                .insert(rec.key.clone(), store.uploaded_images(&rec.key)?);
-        }
-        obs.records.insert(rec.key.clone(), rec);
-    }
-    Ok(obs)
-}
-
-/// Every project WebODM shows with its task ids, for drift checks; `None` (drift unchecked
-/// this pass) when the listing fails.
-async fn webodm_view(webodm: &WebodmClient) -> Option<BTreeMap<i64, BTreeSet<String>>> {
-    match webodm.list_projects().await {
-        Ok(projects) => Some(
-            projects
-                .into_iter()
-                .map(|p| (p.id, p.tasks.into_iter().collect()))
-                .collect(),
-        ),
-        Err(e) => {
-            warn!(error = %e, "listing WebODM projects failed; deleted projects and tasks are not detected this pass");
-            None
-        }
-    }
-}
-
-/// One pass. `store` is `None` for a dry run on a state dir that does not exist yet.
-pub async fn pass(
-    config: &Config,
-    clients: &Clients,
-    store: Option<&Store>,
-    opts: &PassOptions,
-    stopping: Arc<AtomicBool>,
-) -> PassReport {
-    let started = Instant::now();
-    let (t0, w0) = (clients.tapis.requests(), clients.webodm.requests());
-    let mut summary = PassSummary::default();
-    let mut plan = Plan::default();
-    let scope =
-        Scope::new(&config.tapis, &config.layout, &opts.only_systems).expect_flights_on(store);
-    // Discovery changes nothing: a stop signal arriving during it ends the pass at once. (A
-    // pass started with `stopping` already set still plans and creates, uploading nothing.)
-    let discovered = if stopping.load(Ordering::SeqCst) {
-        discover::discover(&clients.tapis, &scope).await
-    } else {
-        tokio::select! {
-            d = discover::discover(&clients.tapis, &scope) => d,
-            _ = stop_requested(&stopping) => {
-                info!("stop signal during discovery: the pass ends without applying anything");
-                return finish(summary, plan, clients, started, (t0, w0));
-            }
-        }
-    };
-    match discovered {
-        Err(e) => summary
-            .errors
-            .push(format!("listing Tapis systems failed: {e}")),
-        Ok(desired) => {
-            summary.systems_scanned = desired.scanned.len();
-            summary.flights_discovered = desired.flights.len();
-            summary.errors.extend(desired.errors.iter().cloned());
-            let mut obs = match store.map(observed).transpose() {
-                Ok(o) => o.unwrap_or_default(),
-                Err(e) => {
-                    summary.errors.push(format!("reading the state store: {e}"));
-                    return finish(summary, plan, clients, started, (t0, w0));
-                }
-            };
-            if obs.records.values().any(|r| r.project_id.is_some()) {
-                obs.webodm = webodm_view(&clients.webodm).await;
-            }
-            let settings = Settings {
-                settle: config.sync.settle,
-                max_new_projects: config.sync.max_new_projects_per_pass,
-                on_change: config.sync.on_change_after_commit,
-            };
-            plan = plan::plan(&desired, &obs, now_ms(), &settings);
-            if let (false, Some(store)) = (opts.dry_run, store) {
-                let engine = Engine {
-                    tapis: &clients.tapis,
-                    webodm: &clients.webodm,
-                    store,
-                    config,
-                    stopping,
-                    policy: crate::http::RetryPolicy::new(&config.retry),
-                    progress: (plan.uploads().0 > 0)
-                        .then(crate::telemetry::transfer_progress)
-                        .flatten(),
-                };
-                engine.apply(&plan, &mut summary).await;
-            }
-        }
-    }
-    finish(summary, plan, clients, started, (t0, w0))
-}
-
-fn finish(
-    mut summary: PassSummary,
-    plan: Plan,
-    clients: &Clients,
-    started: Instant,
-    (t0, w0): (u64, u64),
-) -> PassReport {
-    summary.duration_ms = started.elapsed().as_millis() as u64;
-    summary.tapis_requests = clients.tapis.requests() - t0;
-    summary.webodm_requests = clients.webodm.requests() - w0;
-    info!(
-        systems_scanned = summary.systems_scanned,
-        flights_discovered = summary.flights_discovered,
-        projects_created = summary.projects_created,
-        tasks_created = summary.tasks_created,
-        images_uploaded = summary.images_uploaded,
-        bytes_uploaded = summary.bytes_uploaded,
-        tasks_committed = summary.tasks_committed,
-        errors = summary.errors.len(),
-        duration_ms = summary.duration_ms,
-        tapis_requests = summary.tapis_requests,
-        webodm_requests = summary.webodm_requests,
-        "pass finished"
-    );
-    for e in &summary.errors {
-        warn!(error = %e, "pass error");
-    }
-    PassReport { summary, plan }
-}
-
-/// Resolves once `stopping` is set (polled: it is a plain flag shared with the engine).
-async fn stop_requested(stopping: &AtomicBool) {
-    while !stopping.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::engine::pass::{pass, stop_requested, PassOptions};
+use crate::engine::state::{now_ms, StateError, Store};
+use crate::engine::PassSummary;
+use crate::service::sd_notify;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +59,7 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 /// admin endpoint when configured, and writes the status snapshot.
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
     if let Some(listen) = config.admin.listen {
-        crate::admin::check_listen(listen).map_err(RunError::Admin)?;
+        crate::service::admin::check_listen(listen).map_err(RunError::Admin)?;
     }
     let store = Arc::new(Store::open(&config.sync.state_dir)?);
     let mut config = config;
@@ -248,16 +68,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let signals = listen_for_signals(stopping.clone(), events_tx, config.sync.shutdown_timeout)
         .map_err(RunError::Signals)?;
-    let shared = Arc::new(crate::admin::Shared {
+    let shared = Arc::new(crate::service::admin::Shared {
         store: store.clone(),
         interval: Mutex::new(config.sync.interval),
         started_ms: now_ms(),
         last_pass: Mutex::new(None),
-        stall_limit: Mutex::new(notify::stall_limit(&config)),
+        stall_limit: Mutex::new(sd_notify::stall_limit(&config)),
     });
     let admin = match config.admin.listen {
         Some(listen) => Some(
-            crate::admin::serve(listen, shared.clone())
+            crate::service::admin::serve(listen, shared.clone())
                 .await
                 .map_err(RunError::Admin)?,
         ),
@@ -265,9 +85,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
     };
     write_snapshot(&shared);
     crate::metrics::beat();
-    let watchdog = notify::spawn_watchdog(notify::stall_limit(&config));
+    let watchdog = sd_notify::spawn_watchdog(sd_notify::stall_limit(&config));
     info!(state_dir = %store.dir().display(), interval = %humantime::format_duration(config.sync.interval), "daemon started");
-    notify::ready("started; first pass running");
+    sd_notify::ready("started; first pass running");
     let mut pending_reload = false;
     let mut pending_pass = false;
     let opts = PassOptions::default();
@@ -321,18 +141,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
         loop {
             if pending_reload {
                 pending_reload = false;
-                notify::reloading();
+                sd_notify::reloading();
                 if let Some((c, cl)) = reload_config(&config_path, &config) {
                     config = c;
                     clients = cl;
                     *shared.interval.lock().expect("interval lock") = config.sync.interval;
-                    *shared.stall_limit.lock().expect("stall lock") = notify::stall_limit(&config);
-                    notify::ready(&format!(
+                    *shared.stall_limit.lock().expect("stall lock") =
+                        sd_notify::stall_limit(&config);
+                    sd_notify::ready(&format!(
                         "config reloaded; {}",
                         last_status(&shared).unwrap_or_else(|| "no pass finished yet".into())
                     ));
                 } else {
-                    notify::ready(&format!(
+                    sd_notify::ready(&format!(
                         "config reload FAILED (see the log); running with the previous config; {}",
                         last_status(&shared).unwrap_or_else(|| "no pass finished yet".into())
                     ));
@@ -360,7 +181,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
             }
         }
     }
-    notify::stopping("stopping: flushing the state store");
+    sd_notify::stopping("stopping: flushing the state store");
     let flushed = store.flush().await;
     write_snapshot(&shared);
     if let Some(admin) = admin {
@@ -388,36 +209,40 @@ fn release_freed_memory() {
     }
 }
 
-fn record_pass(shared: &crate::admin::Shared, summary: &PassSummary) {
+fn record_pass(shared: &crate::service::admin::Shared, summary: &PassSummary) {
     let end = now_ms();
-    crate::metrics::global().pass_finished(summary, end);
-    *shared.last_pass.lock().expect("last pass lock") = Some(crate::status::LastPass {
-        finished_at: crate::state::rfc3339(end),
+    crate::metrics::global().pass_finished(
+        summary.errors.is_empty(),
+        Duration::from_millis(summary.duration_ms),
+        end,
+    );
+    *shared.last_pass.lock().expect("last pass lock") = Some(crate::service::status::LastPass {
+        finished_at: crate::engine::state::rfc3339(end),
         summary: summary.clone(),
     });
-    notify::status(&notify::pass_status(summary, end));
+    sd_notify::status(&sd_notify::pass_status(summary, end));
     write_snapshot(shared);
 }
 
-fn last_status(shared: &crate::admin::Shared) -> Option<String> {
+fn last_status(shared: &crate::service::admin::Shared) -> Option<String> {
     let last = shared.last_pass.lock().expect("last pass lock");
     last.as_ref().map(|p| {
         let end = humantime::parse_rfc3339(&p.finished_at)
-            .map(crate::state::to_ms)
+            .map(crate::engine::state::to_ms)
             .unwrap_or_else(|_| now_ms());
-        notify::pass_status(&p.summary, end)
+        sd_notify::pass_status(&p.summary, end)
     })
 }
 
 /// Writes `<state_dir>/status.json` and refreshes the flights-by-phase gauge; failures are
 /// logged, never fatal.
-fn write_snapshot(shared: &crate::admin::Shared) {
+fn write_snapshot(shared: &crate::service::admin::Shared) {
     let last = shared.last_pass.lock().expect("last pass lock").clone();
-    match crate::status::snapshot(&shared.store, last) {
+    match crate::service::status::snapshot(&shared.store, last) {
         Ok(snap) => {
-            let counts = crate::status::phase_counts(&snap.flights);
+            let counts = crate::service::status::phase_counts(&snap.flights);
             crate::metrics::global().set_flights(counts.iter().map(|(k, v)| (k.as_str(), *v)));
-            if let Err(e) = crate::status::write_snapshot(shared.store.dir(), &snap) {
+            if let Err(e) = crate::service::status::write_snapshot(shared.store.dir(), &snap) {
                 warn!(error = %e, "cannot write the status snapshot; `status` shows an older one");
             }
         }
@@ -435,7 +260,7 @@ fn reload_config(path: &Path, old: &Config) -> Option<(Config, Clients)> {
         }
     };
     if let Some(listen) = new.admin.listen {
-        if let Err(e) = crate::admin::check_listen(listen) {
+        if let Err(e) = crate::service::admin::check_listen(listen) {
             error!(error = %e, "config reload failed; keeping the running config");
             return None;
         }
@@ -481,12 +306,12 @@ fn listen_for_signals(
                 SIGTERM | SIGINT => {
                     if stopping.swap(true, Ordering::SeqCst) {
                         warn!("second stop signal: exiting now; the store is consistent (images in flight are not recorded)");
-                        notify::stopping("second stop signal: exiting now");
+                        sd_notify::stopping("second stop signal: exiting now");
                         std::process::exit(130);
                     }
                     let wait = humantime::format_duration(shutdown_timeout);
                     info!(timeout = %wait, "stop signal: finishing the images in flight, starting nothing new (a second signal exits at once)");
-                    notify::stopping(&format!(
+                    sd_notify::stopping(&format!(
                         "stopping: finishing the images in flight (at most {wait})"
                     ));
                     Event::Stop

@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::Mutex;
 
+use crate::clients::http::{secret_header, ApiError, ByteStream, CachedToken, Reply, Service};
 use crate::config::{RetryConfig, Secret, TaskOption, WebodmConfig};
-use crate::http::{secret_header, ApiError, ByteStream, CachedToken, Reply, Service};
 
 const SERVICE: &str = "WebODM";
 /// Requests besides uploads that may run while every upload slot is busy.
@@ -462,7 +462,7 @@ impl WebodmClient {
 /// and fuzzing.
 #[doc(hidden)]
 pub fn decode_projects(body: &[u8]) -> Result<Vec<Project>, ApiError> {
-    crate::http::decode_json(
+    crate::clients::http::decode_json(
         SERVICE,
         "GET /api/projects/".into(),
         "application/json",
@@ -473,7 +473,7 @@ pub fn decode_projects(body: &[u8]) -> Result<Vec<Project>, ApiError> {
 /// Decodes a task the way [`WebodmClient::get_task`] does. For property tests and fuzzing.
 #[doc(hidden)]
 pub fn decode_task(body: &[u8]) -> Result<Task, ApiError> {
-    crate::http::decode_json(
+    crate::clients::http::decode_json(
         SERVICE,
         "GET /api/projects/1/tasks/t/".into(),
         "application/json",
@@ -485,7 +485,7 @@ pub fn decode_task(body: &[u8]) -> Result<Task, ApiError> {
 /// [`WebodmClient::upload_image`] reads it. For property tests and fuzzing.
 #[doc(hidden)]
 pub fn decode_upload(body: &[u8], file_name: &str) -> Result<Option<u64>, ApiError> {
-    let reply: UploadReply = crate::http::decode_json(
+    let reply: UploadReply = crate::clients::http::decode_json(
         SERVICE,
         "POST /api/upload/".into(),
         "application/json",

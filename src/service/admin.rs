@@ -13,8 +13,8 @@ use axum::Router;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::state::{now_ms, Store};
-use crate::status::LastPass;
+use crate::engine::state::{now_ms, Store};
+use crate::service::status::LastPass;
 
 /// Slack added to two intervals before `/healthz` says passes are late.
 pub const HEALTH_SLACK: Duration = Duration::from_secs(60);
@@ -29,7 +29,7 @@ pub struct Shared {
     pub started_ms: i64,
     /// The last finished pass.
     pub last_pass: Mutex<Option<LastPass>>,
-    /// How long the loop may show no progress (see [`crate::notify::stall_limit`]).
+    /// How long the loop may show no progress (see [`crate::service::sd_notify::stall_limit`]).
     pub stall_limit: Mutex<Duration>,
 }
 
@@ -178,8 +178,8 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    if let Ok(rows) = crate::status::rows(&shared.store) {
-        let counts = crate::status::phase_counts(&rows);
+    if let Ok(rows) = crate::service::status::rows(&shared.store) {
+        let counts = crate::service::status::phase_counts(&rows);
         crate::metrics::global().set_flights(counts.iter().map(|(k, v)| (k.as_str(), *v)));
     }
     (
@@ -193,7 +193,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
-    match crate::status::rows(&shared.store) {
+    match crate::service::status::rows(&shared.store) {
         Ok(rows) => axum::Json(rows).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::state::FlightKey;
+use crate::engine::state::FlightKey;
 
 /// Longest project or task name WebODM accepts, in characters.
 pub const MAX_NAME_CHARS: usize = 255;

@@ -1,6 +1,7 @@
-//! What the Tapis and WebODM clients share: the error type and its classes, the per-service
-//! HTTP plumbing (user agent, timeouts, rate limit, concurrency cap, request counter), the retry
-//! policy (exponential backoff with jitter, `Retry-After`), token caching, and byte streams.
+//! What the Tapis and WebODM clients share: the per-service HTTP plumbing (user agent,
+//! timeouts, rate limit, concurrency cap, request counter), JSON decoding that explains a bad
+//! answer, token caching, and byte streams. Errors and their classes are in
+//! [`super::error`], the retry policy in [`super::retry`].
 //!
 //! Nothing here knows about flights; nothing here ever prints a token or a password: request
 //! URLs are shown by path only (no query string), response bodies are cut to a short snippet
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use backon::{ExponentialBuilder, Retryable};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
@@ -29,6 +29,10 @@ use url::Url;
 
 use crate::config::{CaBundle, RetryConfig, Secret};
 
+pub use super::error::ApiError;
+use super::retry::parse_retry_after;
+pub use super::retry::RetryPolicy;
+
 /// A response body as a stream of chunks, as returned by a download and taken by an upload.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ApiError>> + Send>>;
 
@@ -40,164 +44,6 @@ const SNIPPET_READ: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tokens are renewed when less than this (or a quarter of their lifetime) remains.
 const RENEW_AHEAD: Duration = Duration::from_secs(300);
-
-/// Why a call to Tapis or WebODM failed.
-///
-/// Messages say which service and which request (method and path, never the query string),
-/// and quote at most 300 characters of the server's answer; they never contain a token or a
-/// password.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ApiError {
-    /// The request did not get a response: connection refused or reset, timeout, broken body.
-    #[error("{service} {op}: {detail}")]
-    Transport {
-        /// `Tapis` or `WebODM`.
-        service: &'static str,
-        /// Method and path, e.g. `GET /v3/systems`.
-        op: String,
-        /// What went wrong, with its causes.
-        detail: String,
-    },
-    /// The server answered with an unsuccessful HTTP status.
-    #[error("{service} {op}: HTTP {status}{}", body_suffix(.body))]
-    Status {
-        /// `Tapis` or `WebODM`.
-        service: &'static str,
-        /// Method and path.
-        op: String,
-        /// HTTP status code.
-        status: u16,
-        /// The start of the response body (plain text, JSON or HTML), whitespace collapsed.
-        body: String,
-        /// The server's `Retry-After` on a 429 or 503.
-        retry_after: Option<Duration>,
-    },
-    /// The server answered 2xx with a body that is not what the API promises.
-    #[error("{service} {op}: unexpected response: {detail}")]
-    Decode {
-        /// `Tapis` or `WebODM`.
-        service: &'static str,
-        /// Method and path.
-        op: String,
-        /// What did not match.
-        detail: String,
-    },
-    /// Logging in was refused: the configured credentials are wrong.
-    #[error("{service} login refused: {detail}")]
-    Auth {
-        /// `Tapis` or `WebODM`.
-        service: &'static str,
-        /// The server's reason and what to check.
-        detail: String,
-    },
-    /// The server rejected the session token on a request that cannot be replayed (its body
-    /// was consumed). The token has been dropped: trying again logs in afresh.
-    #[error("{service} {op}: HTTP {status}: session token rejected ({body}); a new one will be fetched on retry")]
-    TokenRejected {
-        /// `Tapis` or `WebODM`.
-        service: &'static str,
-        /// Method and path.
-        op: String,
-        /// HTTP status code.
-        status: u16,
-        /// The start of the response body.
-        body: String,
-    },
-    /// A body ended before the announced number of bytes.
-    #[error("{what}: truncated: expected {expected} bytes, got {got}")]
-    Truncated {
-        /// What was being read.
-        what: String,
-        /// Bytes announced.
-        expected: u64,
-        /// Bytes received.
-        got: u64,
-    },
-    /// A body carried more than the announced number of bytes.
-    #[error("{what}: overlong: expected {expected} bytes, got at least {got}")]
-    Overlong {
-        /// What was being read.
-        what: String,
-        /// Bytes announced.
-        expected: u64,
-        /// Bytes received so far.
-        got: u64,
-    },
-    /// The client could not be set up (bad base URL, TLS initialisation).
-    #[error("{service}: cannot set up the client: {detail}")]
-    Setup {
-        /// `Tapis` or `WebODM`.
-        service: &'static str,
-        /// What is wrong.
-        detail: String,
-    },
-}
-
-fn body_suffix(body: &str) -> String {
-    if body.is_empty() {
-        String::new()
-    } else {
-        format!(": {body}")
-    }
-}
-
-impl ApiError {
-    /// Whether trying the same operation again may succeed: transport failures, 5xx, 408,
-    /// 429, a rejected session token and truncated bodies.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ApiError::Transport { .. }
-            | ApiError::Truncated { .. }
-            | ApiError::TokenRejected { .. } => true,
-            ApiError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
-            ApiError::Decode { .. }
-            | ApiError::Auth { .. }
-            | ApiError::Overlong { .. }
-            | ApiError::Setup { .. } => false,
-        }
-    }
-
-    /// Whether the server said the thing asked for does not exist (HTTP 404).
-    pub fn is_not_found(&self) -> bool {
-        self.status() == Some(404)
-    }
-
-    /// How long the server asked us to wait (`Retry-After` on a 429 or 503).
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ApiError::Status { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-
-    /// The HTTP status the server answered with, if it answered with an error status.
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ApiError::Status { status, .. } | ApiError::TokenRejected { status, .. } => {
-                Some(*status)
-            }
-            _ => None,
-        }
-    }
-
-    /// The quoted start of the server's error body, if any.
-    pub(crate) fn body(&self) -> Option<&str> {
-        match self {
-            ApiError::Status { body, .. } | ApiError::TokenRejected { body, .. } => Some(body),
-            _ => None,
-        }
-    }
-}
-
-/// Parses a `Retry-After` value: delay seconds or an HTTP-date (a date in the past is zero).
-pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
 
 /// Replaces anything shaped like a JWT (`eyJ…`) with `<redacted>`.
 pub(crate) fn redact_jwts(text: &str) -> String {
@@ -434,65 +280,6 @@ pub(crate) struct Service {
     slots: Arc<Semaphore>,
     requests: AtomicU64,
     policy: RetryPolicy,
-}
-
-/// The retry policy of `[retry]`: exponential backoff from `initial` to `max` with full jitter
-/// (each wait drawn uniformly from zero to the exponential delay), unlimited tries within
-/// `max_elapsed`, and `Retry-After` honoured as the minimum wait.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    backoff: ExponentialBuilder,
-    max_elapsed: Duration,
-}
-
-impl RetryPolicy {
-    /// The policy a `[retry]` section describes.
-    pub fn new(retry: &RetryConfig) -> Self {
-        RetryPolicy {
-            // backon's own jitter adds up to one more delay (so waits land between d and 2d);
-            // full jitter is applied in `wait` instead.
-            backoff: ExponentialBuilder::new()
-                .with_min_delay(retry.initial)
-                .with_max_delay(retry.max)
-                .with_total_delay(Some(retry.max_elapsed))
-                .without_max_times(),
-            max_elapsed: retry.max_elapsed,
-        }
-    }
-
-    /// The wait before the next try: `unit` (uniform in 0..1) of the exponential delay, at
-    /// least what the server's `Retry-After` asks; `None` (give up) when the budget is spent or
-    /// the server asks for more than `max_elapsed`.
-    pub fn wait(
-        &self,
-        exponential: Option<Duration>,
-        retry_after: Option<Duration>,
-        unit: f64,
-    ) -> Option<Duration> {
-        let jittered = exponential?.mul_f64(unit.clamp(0.0, 1.0));
-        match retry_after {
-            Some(asked) if asked > self.max_elapsed => None,
-            Some(asked) => Some(jittered.max(asked)),
-            None => Some(jittered),
-        }
-    }
-
-    /// Runs `op` until it succeeds, fails for good ([`ApiError::is_retryable`] is false), or the
-    /// budget is spent. Each retry is logged at debug with `what`, the reason and the wait.
-    pub async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, ApiError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, ApiError>>,
-    {
-        op.retry(self.backoff)
-            .sleep(tokio::time::sleep)
-            .when(ApiError::is_retryable)
-            .adjust(|e: &ApiError, wait| self.wait(wait, e.retry_after(), rand::random::<f64>()))
-            .notify(|e: &ApiError, wait| {
-                tracing::debug!(what, error = %e, wait = ?wait, "retrying");
-            })
-            .await
-    }
 }
 
 impl Service {
@@ -771,87 +558,6 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_takes_seconds_or_http_dates() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
-        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-3", now), None);
-    }
-
-    #[test]
-    fn errors_are_classified() {
-        assert!(status(500, "").is_retryable());
-        assert!(status(503, "").is_retryable());
-        assert!(status(429, "").is_retryable());
-        assert!(!status(400, "").is_retryable());
-        assert!(!status(403, "").is_retryable());
-        assert!(status(404, "").is_not_found());
-        assert!(!status(400, "").is_not_found());
-        assert_eq!(status(418, "").status(), Some(418));
-        let transport = ApiError::Transport {
-            service: "WebODM",
-            op: "POST /api/token-auth/".into(),
-            detail: "reset".into(),
-        };
-        assert!(transport.is_retryable());
-        assert_eq!(transport.status(), None);
-        let rejected = ApiError::TokenRejected {
-            service: "WebODM",
-            op: "POST /x/".into(),
-            status: 403,
-            body: String::new(),
-        };
-        assert!(rejected.is_retryable());
-        assert_eq!(rejected.status(), Some(403));
-        let short = ApiError::Truncated {
-            what: "x".into(),
-            expected: 2,
-            got: 1,
-        };
-        assert!(short.is_retryable());
-        let long = ApiError::Overlong {
-            what: "x".into(),
-            expected: 2,
-            got: 3,
-        };
-        assert!(!long.is_retryable());
-        let auth = ApiError::Auth {
-            service: "Tapis",
-            detail: "no".into(),
-        };
-        assert!(!auth.is_retryable());
-        let with_wait = ApiError::Status {
-            service: "WebODM",
-            op: "GET /api/projects/".into(),
-            status: 429,
-            body: String::new(),
-            retry_after: Some(Duration::from_secs(3)),
-        };
-        assert_eq!(with_wait.retry_after(), Some(Duration::from_secs(3)));
-    }
-
-    #[test]
-    fn messages_name_service_request_and_status() {
-        let e = status(404, "FILES_CLIENT_SSH_NOT_FOUND Path not found.");
-        assert_eq!(
-            e.to_string(),
-            "Tapis GET /v3/files/ops/sys/a: HTTP 404: FILES_CLIENT_SSH_NOT_FOUND Path not found."
-        );
-        assert_eq!(
-            status(502, "").to_string(),
-            "Tapis GET /v3/files/ops/sys/a: HTTP 502"
-        );
-    }
-
-    #[test]
     fn snippets_are_short_single_line_and_hide_tokens() {
         let body = format!("<html>\n  <body>{}</body>", "x".repeat(1000));
         let s = snippet(body.as_bytes());
@@ -984,23 +690,6 @@ mod tests {
             &CaBundle::default(),
         )
         .is_err());
-    }
-
-    #[test]
-    fn waits_use_full_jitter_and_honour_retry_after() {
-        let p = RetryPolicy::new(&RetryConfig {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(8),
-            max_elapsed: Duration::from_secs(60),
-        });
-        let d = Some(Duration::from_secs(4));
-        assert_eq!(p.wait(d, None, 0.0), Some(Duration::ZERO));
-        assert_eq!(p.wait(d, None, 0.5), Some(Duration::from_secs(2)));
-        assert_eq!(p.wait(d, None, 1.0), Some(Duration::from_secs(4)));
-        let ra = Some(Duration::from_secs(3));
-        assert_eq!(p.wait(d, ra, 0.1), Some(Duration::from_secs(3)));
-        assert_eq!(p.wait(d, Some(Duration::from_secs(61)), 0.5), None);
-        assert_eq!(p.wait(None, None, 0.5), None, "budget spent");
     }
 
     #[tokio::test]

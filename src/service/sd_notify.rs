@@ -8,8 +8,8 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tracing::{debug, warn};
 
-use crate::apply::PassSummary;
 use crate::config::Config;
+use crate::engine::PassSummary;
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -45,7 +45,7 @@ pub fn status(status: &str) {
 /// The `STATUS=` line for a finished pass: "last pass 12:03: 3 projects created, 210 images,
 /// 0 errors" (local time when known, else UTC).
 pub fn pass_status(summary: &PassSummary, end_ms: i64) -> String {
-    let hhmm = crate::state::rfc3339(end_ms)
+    let hhmm = crate::engine::state::rfc3339(end_ms)
         .get(11..16)
         .unwrap_or("?")
         .to_string();

@@ -10,64 +10,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::{stream, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::clients::http::{ApiError, RetryPolicy};
+use crate::clients::tapis::TapisClient;
+use crate::clients::webodm::{NewProject, NewTask, Project, Task, WebodmClient};
 use crate::config::Config;
-use crate::discover::Image;
-use crate::http::{ApiError, RetryPolicy};
-use crate::naming;
-use crate::plan::{FlightPlan, Plan, Step};
-use crate::state::{
+use crate::engine::discover::Image;
+use crate::engine::naming;
+use crate::engine::plan::{FlightPlan, Plan, Step};
+use crate::engine::state::{
     now_ms, FlightKey, FlightRecord, IntentKind, Phase, StateError, Store, UploadedImage,
 };
-use crate::tapis::TapisClient;
-use crate::webodm::{NewProject, NewTask, Project, Task, WebodmClient};
-
-/// A project created this pass (the original integration's `created_projects` item).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CreatedProject {
-    /// WebODM project id.
-    pub project_id: i64,
-    /// Its name.
-    pub project_name: String,
-    /// Flight folder.
-    pub flight_name: String,
-    /// Tapis system.
-    pub system_id: String,
-    /// Images in the flight when created.
-    pub image_count: u64,
-}
-
-/// What one pass did (logged at info and printed by `--json`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PassSummary {
-    /// Systems whose flights were listed.
-    pub systems_scanned: usize,
-    /// Flights found on Tapis.
-    pub flights_discovered: usize,
-    /// Projects created (not adopted).
-    pub projects_created: usize,
-    /// What failed, one line each, naming the flight.
-    pub errors: Vec<String>,
-    /// The projects created.
-    pub created_projects: Vec<CreatedProject>,
-    /// Tasks created (not adopted).
-    pub tasks_created: usize,
-    /// Images WebODM confirmed this pass.
-    pub images_uploaded: u64,
-    /// Their bytes.
-    pub bytes_uploaded: u64,
-    /// Tasks committed for processing.
-    pub tasks_committed: usize,
-    /// Wall time of the pass.
-    pub duration_ms: u64,
-    /// HTTP requests sent to Tapis (retries and logins included).
-    pub tapis_requests: u64,
-    /// HTTP requests sent to WebODM (retries and logins included).
-    pub webodm_requests: u64,
-}
+use crate::engine::summary::{CreatedProject, PassSummary};
 
 impl PassSummary {
     fn absorb(&mut self, o: FlightOutcome) {
@@ -251,7 +207,7 @@ impl Engine<'_> {
                     rec.phase = Phase::DeletedInWebodm;
                 }
                 rec.failures += 1;
-                let delay = crate::plan::retry_delay(rec.failures, &self.config.retry);
+                let delay = crate::engine::plan::retry_delay(rec.failures, &self.config.retry);
                 rec.next_attempt_ms = Some(now_ms() + delay.as_millis() as i64);
                 let msg = e.to_string();
                 warn!(system = %key.system, flight = %key.flight, error = %msg,
@@ -344,7 +300,7 @@ impl Engine<'_> {
                 &key,
                 &fp.flight.images_path,
                 fp.flight.images.len() as u64,
-                &crate::state::rfc3339(rec.first_seen_ms),
+                &crate::engine::state::rfc3339(rec.first_seen_ms),
             ),
             tags: naming::tags(&key),
         };
@@ -535,8 +491,9 @@ impl Engine<'_> {
         }
         let attempt = || async {
             let body = self.tapis.download(&key.system, &path).await?;
-            let body = crate::http::verify_length(body, img.size, path.clone());
-            let body: crate::http::ByteStream = Box::pin(body.inspect(|_| crate::metrics::beat()));
+            let body = crate::clients::http::verify_length(body, img.size, path.clone());
+            let body: crate::clients::http::ByteStream =
+                Box::pin(body.inspect(|_| crate::metrics::beat()));
             let body = match &self.progress {
                 Some(bar) => {
                     let bar = bar.clone();

@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::{stream, StreamExt};
 
+use crate::clients::http::ApiError;
+use crate::clients::tapis::{FileKind, System, TapisClient};
 use crate::config::{LayoutConfig, TapisConfig};
-use crate::http::ApiError;
-use crate::state::{Fingerprint, FlightKey};
-use crate::tapis::{FileKind, System, TapisClient};
+use crate::engine::state::{Fingerprint, FlightKey};
 
 /// Longest file name WebODM stores unchanged (characters), and the longest a Linux file system
 /// holds (bytes).
@@ -64,7 +64,7 @@ impl Scope {
 
     /// Records which systems the store holds (not vanished) flights on, so that a listing
     /// claiming they are all gone is not believed (see [`Scope::known_systems`]).
-    pub fn expect_flights_on(mut self, store: Option<&crate::state::Store>) -> Scope {
+    pub fn expect_flights_on(mut self, store: Option<&crate::engine::state::Store>) -> Scope {
         let records = store.and_then(|s| s.flights().ok()).unwrap_or_default();
         self.known_systems = records
             .into_iter()
@@ -128,7 +128,7 @@ impl Flight {
                 .images
                 .iter()
                 .filter_map(|i| humantime::parse_rfc3339_weak(&i.last_modified).ok())
-                .map(crate::state::to_ms)
+                .map(crate::engine::state::to_ms)
                 .max()
                 .unwrap_or(0),
         }
@@ -277,7 +277,7 @@ fn flight_from_listing(
     scope: &Scope,
     key: FlightKey,
     images_path: String,
-    entries: Vec<crate::tapis::FileEntry>,
+    entries: Vec<crate::clients::tapis::FileEntry>,
 ) -> Result<(Flight, Vec<String>), String> {
     let mut warnings = Vec::new();
     let mut flight = Flight {
@@ -468,8 +468,8 @@ mod tests {
         );
     }
 
-    fn entry(name: &str, path: &str, size: u64) -> crate::tapis::FileEntry {
-        crate::tapis::FileEntry {
+    fn entry(name: &str, path: &str, size: u64) -> crate::clients::tapis::FileEntry {
+        crate::clients::tapis::FileEntry {
             name: name.into(),
             path: path.into(),
             kind: FileKind::File,

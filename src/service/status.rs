@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::apply::PassSummary;
-use crate::state::{FlightRecord, Phase, StateError, Store};
+use crate::engine::state::{FlightRecord, Phase, StateError, Store};
+use crate::engine::PassSummary;
 
 /// The snapshot's file name inside the state dir.
 pub const SNAPSHOT_FILE: &str = "status.json";
@@ -59,7 +59,7 @@ impl StatusRow {
                 .to_string()
             }),
             last_error: r.last_error.clone(),
-            next_attempt_at: r.next_attempt_ms.map(crate::state::rfc3339),
+            next_attempt_at: r.next_attempt_ms.map(crate::engine::state::rfc3339),
         }
     }
 }
@@ -118,7 +118,7 @@ pub fn read_snapshot(state_dir: &Path) -> std::io::Result<Snapshot> {
 pub fn snapshot(store: &Store, last_pass: Option<LastPass>) -> Result<Snapshot, StateError> {
     Ok(Snapshot {
         pid: std::process::id(),
-        written_at: crate::state::rfc3339(crate::state::now_ms()),
+        written_at: crate::engine::state::rfc3339(crate::engine::state::now_ms()),
         last_pass,
         flights: rows(store)?,
     })

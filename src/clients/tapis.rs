@@ -13,10 +13,10 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::clients::http::{secret_header, ApiError, CachedToken, Reply, Service};
 use crate::config::{RetryConfig, Secret, TapisAuth, TapisConfig};
-use crate::http::{secret_header, ApiError, CachedToken, Reply, Service};
 
-pub use crate::http::ByteStream;
+pub use crate::clients::http::ByteStream;
 
 const SERVICE: &str = "Tapis";
 /// Systems per page (Tapis's own default, stated explicitly).
@@ -248,7 +248,7 @@ impl TapisClient {
 
     /// The content of a file, streamed as it arrives (one attempt, no retries: a failed
     /// download is re-opened by the caller). Tapis sends no Content-Length and may cut the body
-    /// short under a 200: wrap the stream in [`crate::http::verify_length`] with the listed size.
+    /// short under a 200: wrap the stream in [`crate::clients::http::verify_length`] with the listed size.
     /// The request keeps one of the concurrency slots until the stream is dropped.
     pub async fn download(&self, system: &str, path: &str) -> Result<ByteStream, ApiError> {
         let svc = &self.inner.svc;
@@ -508,7 +508,7 @@ fn decode_pages<T: serde::de::DeserializeOwned + PartialEq + fmt::Debug>(
 ) -> Result<Vec<T>, ApiError> {
     let op = "GET /v3/test".to_string();
     let page: Envelope<Vec<T>> =
-        crate::http::decode_json(SERVICE, op.clone(), "application/json", body)?;
+        crate::clients::http::decode_json(SERVICE, op.clone(), "application/json", body)?;
     let mut pages = Pages::new(op, page_size.max(1));
     let mut items = page.result.into_iter().peekable();
     loop {

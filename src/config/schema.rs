@@ -1,0 +1,524 @@
+//! The config file's structure and defaults (`deny_unknown_fields` everywhere).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::{Problem, Secret};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where flights come from.
+    pub tapis: TapisConfig,
+    /// How a flight folder is laid out.
+    #[serde(default)]
+    pub layout: LayoutConfig,
+    /// Where projects go.
+    pub webodm: WebodmConfig,
+    /// The reconcile loop.
+    #[serde(default)]
+    pub sync: SyncConfig,
+    /// Who sees each project (later work; accepted now).
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// Processing outcome (later work; accepted now).
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    /// Results back to Tapis (later work; accepted now).
+    #[serde(default)]
+    pub results: ResultsConfig,
+    /// Retry policy shared by both services.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Admin endpoint.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Problems that do not stop the daemon (group/other-readable secret files, plain `http://`
+    /// to another host); shown by `check-config` and at startup.
+    #[serde(skip)]
+    pub warnings: Vec<Problem>,
+}
+
+/// `[tapis]`: the Tapis tenant, account and what to scan.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TapisConfig {
+    /// Tenant base URL, e.g. `https://portals.tapis.io`.
+    pub base_url: Url,
+    /// Account used for the password grant.
+    #[serde(default)]
+    pub username: String,
+    /// Inline password (prefer `password_file` or the environment).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// File holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// OAuth client id; with a client key it enables refresh tokens.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Inline client key.
+    #[serde(default)]
+    pub client_key: Option<Secret>,
+    /// File holding the client key.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// File holding a pre-issued access token, used instead of logging in.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Which systems hold flights (Tapis `like` pattern: `*` any run, `!` one character).
+    #[serde(default = "default_system_pattern")]
+    pub system_pattern: String,
+    /// Allow-list of system ids; empty = every matching system.
+    #[serde(default)]
+    pub systems: Vec<String>,
+    /// System ids never scanned.
+    #[serde(default)]
+    pub exclude_systems: Vec<String>,
+    /// Request rate limit towards Tapis.
+    #[serde(default = "default_tapis_rps")]
+    pub requests_per_second: u32,
+    /// Requests in flight towards Tapis at once.
+    #[serde(default = "default_tapis_concurrency")]
+    pub max_concurrent_requests: usize,
+    /// Longest silence on a connection before the request is abandoned and retried.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// PEM bundle of extra CA certificates trusted for Tapis (a private CA), on top of the OS
+    /// trust store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Resolved credentials (not a key of the file).
+    #[serde(skip)]
+    pub auth: TapisAuth,
+    /// The certificates read from `ca_file` (not a key of the file).
+    #[serde(skip)]
+    pub ca: CaBundle,
+}
+
+/// How the daemon authenticates to Tapis, resolved from the `[tapis]` keys.
+#[derive(Debug, Clone, Default, Serialize)]
+pub enum TapisAuth {
+    /// Not resolved yet (only before validation).
+    #[default]
+    Unresolved,
+    /// Password grant, with a client for refresh tokens when configured.
+    Password {
+        /// Account password.
+        password: Secret,
+        /// `(client_id, client_key)` for the Basic auth that yields refresh tokens.
+        client: Option<(String, Secret)>,
+    },
+    /// A pre-issued access token.
+    Token(Secret),
+}
+
+/// `[layout]`: where images are inside a flight folder.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutConfig {
+    /// Images folder relative to the flight folder.
+    #[serde(default = "default_images_dir")]
+    pub images_dir: String,
+    /// Image extensions, case-insensitive, without the dot.
+    #[serde(default = "default_extensions")]
+    pub extensions: Vec<String>,
+    /// Companion files uploaded with the images (later work).
+    #[serde(default = "default_companions")]
+    pub companions: Vec<String>,
+}
+
+impl Default for LayoutConfig {
+    fn default() -> Self {
+        LayoutConfig {
+            images_dir: default_images_dir(),
+            extensions: default_extensions(),
+            companions: default_companions(),
+        }
+    }
+}
+
+/// `[webodm]`: the WebODM instance and account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebodmConfig {
+    /// WebODM base URL, e.g. `http://127.0.0.1:8000`.
+    pub base_url: Url,
+    /// Account that owns the created projects.
+    pub username: String,
+    /// Inline password (prefer `password_file` or the environment).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// File holding the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Request rate limit towards WebODM.
+    #[serde(default = "default_webodm_rps")]
+    pub requests_per_second: u32,
+    /// Images streamed Tapis → WebODM at once.
+    #[serde(default = "default_uploads")]
+    pub max_concurrent_uploads: usize,
+    /// Processing options of every created task.
+    #[serde(default = "default_task_options")]
+    pub task_options: Vec<TaskOption>,
+    /// Longest silence on a connection before the request is abandoned and retried.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// PEM bundle of extra CA certificates trusted for WebODM (a private CA), on top of the OS
+    /// trust store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Resolved password (not a key of the file).
+    #[serde(skip)]
+    pub resolved_password: Secret,
+    /// The certificates read from `ca_file` (not a key of the file).
+    #[serde(skip)]
+    pub ca: CaBundle,
+}
+
+/// Extra trusted CA certificates (PEM), read and checked when the config is loaded.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct CaBundle {
+    /// The PEM text of the bundle (empty: only the OS trust store).
+    pub pem: Vec<u8>,
+    /// Certificates in it.
+    pub count: usize,
+}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CaBundle({} certificates)", self.count)
+    }
+}
+
+/// One WebODM processing option.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskOption {
+    /// Option name, e.g. `fast-orthophoto`.
+    pub name: String,
+    /// Option value: `true`, a number or a string (WebODM rejects false, 0 and "").
+    pub value: OptionValue,
+}
+
+/// A task option's value as written in the config.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum OptionValue {
+    /// A flag.
+    Bool(bool),
+    /// An integer (sent as a string).
+    Int(i64),
+    /// A float (sent as a string).
+    Float(f64),
+    /// A string.
+    Str(String),
+}
+
+impl OptionValue {
+    /// The JSON value WebODM accepts: booleans stay booleans, numbers become strings.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            OptionValue::Bool(b) => serde_json::Value::Bool(*b),
+            OptionValue::Int(i) => serde_json::Value::String(i.to_string()),
+            OptionValue::Float(f) => serde_json::Value::String(f.to_string()),
+            OptionValue::Str(s) => serde_json::Value::String(s.clone()),
+        }
+    }
+    pub(super) fn is_falsy(&self) -> bool {
+        match self {
+            OptionValue::Bool(b) => !b,
+            OptionValue::Int(i) => *i == 0,
+            OptionValue::Float(f) => *f == 0.0,
+            OptionValue::Str(s) => s.is_empty(),
+        }
+    }
+}
+
+/// What to do when a committed flight's images change on Tapis.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnChange {
+    /// Log once and show it in `status`.
+    Warn,
+    /// Create a second task with the whole current set.
+    NewTask,
+}
+
+/// `[sync]`: the reconcile loop.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Time between passes.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long a flight's listing must stay unchanged before its task is committed.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle: Duration,
+    /// Projects created per pass at most.
+    #[serde(default = "default_max_new")]
+    pub max_new_projects_per_pass: usize,
+    /// Directory of the state store.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Images added or removed after commit.
+    #[serde(default = "default_on_change")]
+    pub on_change_after_commit: OnChange,
+    /// How long in-flight images may finish after SIGTERM.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            interval: default_interval(),
+            settle: default_settle(),
+            max_new_projects_per_pass: default_max_new(),
+            state_dir: default_state_dir(),
+            on_change_after_commit: default_on_change(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+/// A permission WebODM can grant on a project.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// See it.
+    View,
+    /// Add tasks.
+    Add,
+    /// Edit it.
+    Change,
+    /// Delete it.
+    Delete,
+}
+
+/// `[access]`: who sees each project besides the daemon's account (later work).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Grant the Tapis system's owner.
+    #[serde(default = "yes")]
+    pub tapis_owner: bool,
+    /// Grant the users the system is shared with.
+    #[serde(default = "yes")]
+    pub tapis_shares: bool,
+    /// Always these WebODM users.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// And these WebODM groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Permissions granted to each.
+    #[serde(default = "default_permissions")]
+    pub permissions: Vec<Permission>,
+    /// Tapis username → WebODM username where they differ.
+    #[serde(default)]
+    pub usernames: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            tapis_owner: true,
+            tapis_shares: true,
+            users: vec![],
+            groups: vec![],
+            permissions: default_permissions(),
+            usernames: Default::default(),
+        }
+    }
+}
+
+/// `[processing]` (later work).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// Restarts of a FAILED task before the flight is marked failed.
+    #[serde(default = "one")]
+    pub restart_failed: u32,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig { restart_failed: 1 }
+    }
+}
+
+/// `[results]` (later work; off while `assets` is empty).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// Asset names to copy back to Tapis.
+    #[serde(default)]
+    pub assets: Vec<String>,
+    /// Folder under the flight folder that receives them.
+    #[serde(default = "default_results_dir")]
+    pub dir: String,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        ResultsConfig {
+            assets: vec![],
+            dir: default_results_dir(),
+        }
+    }
+}
+
+/// `[retry]`: exponential backoff with full jitter, shared by both services.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First delay.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    /// Largest delay.
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub max: Duration,
+    /// Give up on one operation after this long.
+    #[serde(default = "default_retry_elapsed", with = "humantime_serde")]
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: default_retry_initial(),
+            max: default_retry_max(),
+            max_elapsed: default_retry_elapsed(),
+        }
+    }
+}
+
+/// Log record format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `tapis_webodm_sync=debug`; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+/// `[admin]`: the optional admin endpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Loopback address to serve `/healthz`, `/metrics`, `/status` on; off when unset.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+fn default_system_pattern() -> String {
+    "ptdatax.project.*".into()
+}
+fn default_tapis_rps() -> u32 {
+    10
+}
+fn default_tapis_concurrency() -> usize {
+    8
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_images_dir() -> String {
+    "code/images".into()
+}
+fn default_extensions() -> Vec<String> {
+    vec!["jpg".into(), "jpeg".into()]
+}
+fn default_companions() -> Vec<String> {
+    vec![
+        "geo.txt".into(),
+        "image_groups.txt".into(),
+        "gcp_list.txt".into(),
+    ]
+}
+fn default_webodm_rps() -> u32 {
+    20
+}
+fn default_uploads() -> usize {
+    4
+}
+fn default_task_options() -> Vec<TaskOption> {
+    vec![TaskOption {
+        name: "fast-orthophoto".into(),
+        value: OptionValue::Bool(true),
+    }]
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_settle() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_new() -> usize {
+    50
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tapis-webodm-sync")
+}
+fn default_on_change() -> OnChange {
+    OnChange::Warn
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+fn default_permissions() -> Vec<Permission> {
+    vec![Permission::View]
+}
+fn default_results_dir() -> String {
+    "code/odm_results".into()
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_retry_elapsed() -> Duration {
+    Duration::from_secs(1800)
+}
+fn default_log_level() -> String {
+    "info".into()
+}

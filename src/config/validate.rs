@@ -1,0 +1,273 @@
+//! Every check of a config file, and how problems are reported: each with the file, the
+//! line/column and the dotted key it concerns.
+
+use std::path::{Path, PathBuf};
+
+use url::Url;
+
+use super::Config;
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `tapis.requests_per_second` (empty for a syntax error).
+    pub key: String,
+    /// 1-based line and column, when known.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// A config file that cannot be used; lists every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is invalid.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let mut out = format!(
+        "invalid config file {} ({} problem{}):",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str("\n  ");
+        out.push_str(&render_problem(path, p));
+    }
+    out
+}
+
+/// `<file>[:<line>:<col>][: key `<key>`]: <message>`.
+fn render_problem(path: &Path, p: &Problem) -> String {
+    let mut out = path.display().to_string();
+    if let Some((line, col)) = p.position {
+        out.push_str(&format!(":{line}:{col}"));
+    }
+    if !p.key.is_empty() {
+        out.push_str(&format!(": key `{}`", p.key));
+    }
+    out.push_str(": ");
+    out.push_str(&p.message);
+    out
+}
+
+impl Config {
+    /// Checks every value; returns all problems found.
+    pub(super) fn validate(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, message: String| {
+            out.push(Problem {
+                key: key.into(),
+                position: None,
+                message,
+            })
+        };
+        for (key, url) in [
+            ("tapis.base_url", &self.tapis.base_url),
+            ("webodm.base_url", &self.webodm.base_url),
+        ] {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                bad(key, format!("`{url}` is not an http(s) URL"));
+            }
+        }
+        let pat = &self.tapis.system_pattern;
+        if pat.is_empty() || pat.contains(['~', ',', '(', ')', ' ']) {
+            bad(
+                "tapis.system_pattern",
+                format!("`{pat}` must be non-empty and free of `~ , ( )` and spaces"),
+            );
+        }
+        for (key, v) in [
+            ("tapis.requests_per_second", self.tapis.requests_per_second),
+            (
+                "webodm.requests_per_second",
+                self.webodm.requests_per_second,
+            ),
+        ] {
+            if v == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        for (key, v) in [
+            (
+                "tapis.max_concurrent_requests",
+                self.tapis.max_concurrent_requests,
+            ),
+            (
+                "webodm.max_concurrent_uploads",
+                self.webodm.max_concurrent_uploads,
+            ),
+            (
+                "sync.max_new_projects_per_pass",
+                self.sync.max_new_projects_per_pass,
+            ),
+        ] {
+            if v == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        for (key, d) in [
+            ("tapis.timeout", self.tapis.timeout),
+            ("webodm.timeout", self.webodm.timeout),
+            ("sync.interval", self.sync.interval),
+            ("retry.initial", self.retry.initial),
+            ("retry.max", self.retry.max),
+            ("retry.max_elapsed", self.retry.max_elapsed),
+        ] {
+            if d.is_zero() {
+                bad(key, "must be longer than 0s".into());
+            }
+        }
+        if self.retry.initial > self.retry.max {
+            bad(
+                "retry.initial",
+                "must not be longer than `retry.max`".to_string(),
+            );
+        }
+        if self.webodm.username.trim().is_empty() {
+            bad("webodm.username", "must not be empty".into());
+        }
+        let dir = &self.layout.images_dir;
+        if dir.trim_matches('/').is_empty() || dir.split('/').any(|s| s == "..") {
+            bad(
+                "layout.images_dir",
+                format!("`{dir}` must be a relative folder inside the flight folder, without `..`"),
+            );
+        }
+        if self.layout.extensions.is_empty() {
+            bad("layout.extensions", "name at least one extension".into());
+        }
+        for ext in &self.layout.extensions {
+            if ext.is_empty() || ext.contains(['.', '/', '\\']) {
+                bad(
+                    "layout.extensions",
+                    format!("`{ext}` must be an extension without the dot, like \"jpg\""),
+                );
+            }
+        }
+        for opt in &self.webodm.task_options {
+            if opt.value.is_falsy() {
+                bad(
+                    "webodm.task_options",
+                    format!(
+                        "option `{}` has a false/zero/empty value, which WebODM rejects: leave it out",
+                        opt.name
+                    ),
+                );
+            }
+        }
+        for sys in self.tapis.systems.iter().chain(&self.tapis.exclude_systems) {
+            if sys.trim().is_empty() {
+                bad("tapis.systems", "system ids must not be empty".into());
+            }
+        }
+        out
+    }
+
+    /// The warnings as lines `<file>:<line>:<col>: key `<key>`: <message>`, like errors.
+    pub fn warning_lines(&self, path: &Path) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|w| render_problem(path, w))
+            .collect()
+    }
+
+    /// `http://` base URLs whose host is not loopback: credentials would cross the network in
+    /// clear text.
+    pub(super) fn warn_insecure_urls(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for (key, url) in [
+            ("tapis.base_url", &self.tapis.base_url),
+            ("webodm.base_url", &self.webodm.base_url),
+        ] {
+            if url.scheme() == "http" && !is_loopback(url) {
+                out.push(problem(
+                    key,
+                    format!(
+                        "`{url}` is plain http:// to a host that is not loopback: the password and \
+                         tokens cross the network unencrypted; use https://"
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Whether a URL's host is a loopback address or `localhost`.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
+pub(super) fn problem(key: &str, message: String) -> Problem {
+    Problem {
+        key: key.into(),
+        position: None,
+        message,
+    }
+}
+
+/// Deserializes the file, keeping the key path and position of the first error.
+pub(super) fn parse(text: &str) -> Result<Config, Problem> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| toml_problem(text, "", &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        toml_problem(text, &key, e.inner())
+    })
+}
+
+fn toml_problem(text: &str, key: &str, e: &toml::de::Error) -> Problem {
+    Problem {
+        key: key.to_string(),
+        position: e.span().map(|s| line_col(text, s.start)),
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Position of a dotted key in the file, for problems found after parsing.
+pub(super) fn key_position(text: &str, key: &str) -> Option<(usize, usize)> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (k, v) = table.get_key_value(part)?;
+        if parts.peek().is_none() {
+            return Some(line_col(text, k.span().start));
+        }
+        table = v.get_ref().as_table()?;
+    }
+    None
+}
