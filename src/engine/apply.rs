@@ -188,7 +188,7 @@ impl Engine<'_> {
                 break;
             }
         }
-        if rec.phase != Phase::Committed {
+        if !rec.phase.is_committed() {
             match self.count_uploaded(&rec, &fp.flight.images) {
                 Ok(n) => rec.images_uploaded = n,
                 Err(e) => result = result.and(Err(e)),
@@ -200,6 +200,7 @@ impl Engine<'_> {
                 rec.next_attempt_ms = None;
                 if rec.phase != Phase::DeletedInWebodm {
                     rec.last_error = None;
+                    rec.error_since_ms = None;
                 }
             }
             Err(e) => {
@@ -212,6 +213,9 @@ impl Engine<'_> {
                 let msg = e.to_string();
                 warn!(system = %key.system, flight = %key.flight, error = %msg,
                       retry_in = %humantime::format_duration(delay), "flight failed; the other flights go on");
+                if rec.last_error.as_deref() != Some(msg.as_str()) {
+                    rec.error_since_ms = Some(now_ms());
+                }
                 rec.last_error = Some(msg.clone());
                 out.error = Some(format!("{key}: {msg}"));
             }
@@ -412,7 +416,7 @@ impl Engine<'_> {
         images: &[Image],
         uploads: &Arc<Semaphore>,
     ) -> Result<(u64, u64), StepError> {
-        if rec.phase == Phase::Committed {
+        if rec.phase.is_committed() {
             // An adopted task turned out to be committed already: nothing can be added.
             return Ok((0, 0));
         }
@@ -543,7 +547,7 @@ impl Engine<'_> {
     /// committed it. Before a retry (or with an open intent) the task is read: a commit whose
     /// answer was lost is not sent again once the task is no longer partial.
     async fn commit(&self, fp: &FlightPlan, rec: &mut FlightRecord) -> Result<bool, StepError> {
-        if rec.phase == Phase::Committed {
+        if rec.phase.is_committed() {
             return Ok(false);
         }
         rec.images_uploaded = self.count_uploaded(rec, &fp.flight.images)?;

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::apply::Engine;
 use crate::engine::discover::{self, Scope};
 use crate::engine::plan::{self, Observed, Plan, Settings};
-use crate::engine::state::{now_ms, Phase, StateError, Store};
+use crate::engine::state::{now_ms, StateError, Store};
 use crate::engine::PassSummary;
 
 /// How a pass is scoped.
@@ -42,7 +42,7 @@ pub struct PassReport {
 pub fn observed(store: &Store) -> Result<Observed, StateError> {
     let mut obs = Observed::default();
     for rec in store.flights()? {
-        if rec.phase != Phase::Committed && rec.task_id.is_some() {
+        if !rec.phase.is_committed() && rec.task_id.is_some() {
             obs.uploaded
                 .insert(rec.key.clone(), store.uploaded_images(&rec.key)?);
         }

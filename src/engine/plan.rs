@@ -208,7 +208,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
                     r.last_error.as_deref().unwrap_or("none")
                 )));
             }
-            Some(r) if r.phase == Phase::Committed => {
+            Some(r) if r.phase.is_committed() => {
                 let changed = r.committed_listing.is_some_and(|c| c != fingerprint);
                 match settings.on_change {
                     OnChange::Warn if changed && !r.change_warned => {
@@ -326,7 +326,7 @@ fn drift(rec: &FlightRecord, webodm: Option<&BTreeMap<i64, BTreeSet<String>>>) -
     let task = rec.task_id.as_ref()?;
     if tasks.contains(task) {
         None
-    } else if rec.phase == Phase::Committed {
+    } else if rec.phase.is_committed() {
         Some(Drift::Deleted(format!("committed task {task}")))
     } else {
         Some(Drift::TaskVanished(task.clone()))

@@ -109,6 +109,16 @@ pub enum Phase {
     Uploading,
     /// The task was committed for processing.
     Committed,
+    /// A processing node is working on the task (WebODM status QUEUED or RUNNING).
+    Processing,
+    /// Processing finished (WebODM status COMPLETED).
+    Completed,
+    /// Processing finished and the configured result assets are on Tapis.
+    ResultsWritten,
+    /// Processing failed after every allowed restart (WebODM status FAILED).
+    Failed,
+    /// A person canceled processing in WebODM (status CANCELED).
+    Canceled,
     /// A person deleted the project or the committed task; nothing is recreated until `forget`.
     DeletedInWebodm,
 }
@@ -122,8 +132,26 @@ impl Phase {
             Phase::TaskCreated => "task_created",
             Phase::Uploading => "uploading",
             Phase::Committed => "committed",
+            Phase::Processing => "processing",
+            Phase::Completed => "completed",
+            Phase::ResultsWritten => "results_written",
+            Phase::Failed => "failed",
+            Phase::Canceled => "canceled",
             Phase::DeletedInWebodm => "deleted_in_webodm",
         }
+    }
+
+    /// Whether the task was committed (this phase or any later one): no image is added to it.
+    pub fn is_committed(self) -> bool {
+        matches!(
+            self,
+            Phase::Committed
+                | Phase::Processing
+                | Phase::Completed
+                | Phase::ResultsWritten
+                | Phase::Failed
+                | Phase::Canceled
+        )
     }
 }
 
@@ -194,6 +222,10 @@ pub struct FlightRecord {
     /// Do not try again before this time (unix ms).
     #[serde(default)]
     pub next_attempt_ms: Option<i64>,
+    /// Since when `last_error` has been the same (unix ms): a flight failing the same way for
+    /// long is stuck.
+    #[serde(default)]
+    pub error_since_ms: Option<i64>,
 }
 
 impl FlightRecord {
@@ -218,6 +250,7 @@ impl FlightRecord {
             last_error: None,
             failures: 0,
             next_attempt_ms: None,
+            error_since_ms: None,
         }
     }
 

@@ -52,8 +52,8 @@ impl StatusRow {
             task_id: r.task_id.clone(),
             task_status: r.task_id.as_ref().map(|_| {
                 match r.phase {
-                    Phase::Committed => "committed",
                     Phase::DeletedInWebodm => "deleted",
+                    p if p.is_committed() => "committed",
                     _ => "partial",
                 }
                 .to_string()
