@@ -667,6 +667,7 @@ async fn measured_pass(sim: &Sim, config: &Config, store: &Store, only: &[String
     let opts = PassOptions {
         dry_run: false,
         only_systems: only.to_vec(),
+        ..Default::default()
     };
     let before = sim.stats();
     let t = Instant::now();

@@ -103,7 +103,13 @@ pub async fn run(flag: Option<PathBuf>) -> u8 {
 }
 
 /// `once` and `plan`: one pass (or only its plan).
-pub async fn once(flag: Option<PathBuf>, dry_run: bool, systems: Vec<String>, json: bool) -> u8 {
+pub async fn once(
+    flag: Option<PathBuf>,
+    dry_run: bool,
+    full: bool,
+    systems: Vec<String>,
+    json: bool,
+) -> u8 {
     let (_, config) = or_exit!(load(flag));
     let clients = or_exit!(clients(&config));
     // A dry run on a state dir that does not exist yet plans from an empty store and creates
@@ -116,6 +122,7 @@ pub async fn once(flag: Option<PathBuf>, dry_run: bool, systems: Vec<String>, js
     let opts = PassOptions {
         dry_run,
         only_systems: systems,
+        full,
     };
     let report = pass::pass(
         &config,
@@ -282,12 +289,17 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
         return EXIT_OK;
     }
     println!(
-        "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} LAST ERROR",
-        "SYSTEM", "FLIGHT", "PHASE", "IMAGES", "PROJECT", "TASK"
+        "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} {:<20} LAST ERROR",
+        "SYSTEM", "FLIGHT", "PHASE", "IMAGES", "PROJECT", "TASK", "CHECKED ON TAPIS"
     );
     for r in &rows {
+        let error = match (&r.listing_error, &r.last_error) {
+            (Some(l), _) => format!("listing failed: {l}"),
+            (None, Some(e)) => e.clone(),
+            (None, None) => String::new(),
+        };
         println!(
-            "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} {}",
+            "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} {:<20} {}",
             r.system_id,
             r.flight_name,
             r.phase,
@@ -296,7 +308,8 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
             r.task_status.as_deref().unwrap_or("-"),
-            r.last_error.as_deref().unwrap_or("")
+            r.last_checked_at.as_deref().unwrap_or("-"),
+            error
         );
     }
     if rows.is_empty() {
@@ -320,6 +333,8 @@ pub struct SystemRow {
     pub scanned: bool,
     /// Why not, when not.
     pub skipped_because: Option<String>,
+    /// The shard (`K/N`) the system falls in, when `tapis.shard` is set.
+    pub shard: Option<String>,
 }
 
 /// `systems`: matching systems on Tapis.
@@ -337,24 +352,32 @@ pub async fn systems(flag: Option<PathBuf>, json: bool) -> u8 {
     let rows: Vec<SystemRow> = listed
         .into_iter()
         .map(|(s, why)| SystemRow {
+            shard: config
+                .tapis
+                .shard
+                .map(|sh| format!("{}/{}", config::Shard::of(&s.id, sh.count), sh.count)),
             id: s.id,
             enabled: s.enabled,
             owner: s.owner,
             host: s.host,
             scanned: why.is_none(),
-            skipped_because: why.map(str::to_string),
+            skipped_because: why,
         })
         .collect();
     if json {
         print_json(&rows);
     } else {
-        println!("{:<40} {:<8} {:<16} SYNCED", "SYSTEM", "ENABLED", "OWNER");
+        println!(
+            "{:<40} {:<8} {:<16} {:<6} SYNCED",
+            "SYSTEM", "ENABLED", "OWNER", "SHARD"
+        );
         for r in &rows {
             println!(
-                "{:<40} {:<8} {:<16} {}",
+                "{:<40} {:<8} {:<16} {:<6} {}",
                 r.id,
                 r.enabled,
                 r.owner.as_deref().unwrap_or("-"),
+                r.shard.as_deref().unwrap_or("-"),
                 r.skipped_because
                     .as_deref()
                     .map(|w| format!("no ({w})"))

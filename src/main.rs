@@ -30,6 +30,10 @@ enum Command {
         /// Plan only: show what a pass would do, change nothing
         #[arg(long)]
         dry_run: bool,
+        /// List every flight's images folder, also committed flights whose recheck
+        /// (`sync.recheck_committed`) is not due yet
+        #[arg(long)]
+        full: bool,
         /// Only these system ids (overrides `tapis.systems`)
         #[arg(long, num_args = 1.., value_name = "ID")]
         systems: Vec<String>,
@@ -39,6 +43,10 @@ enum Command {
     },
     /// Show what a pass would do, changing nothing (same as `once --dry-run`)
     Plan {
+        /// List every flight's images folder, also committed flights whose recheck
+        /// (`sync.recheck_committed`) is not due yet
+        #[arg(long)]
+        full: bool,
         /// Only these system ids (overrides `tapis.systems`)
         #[arg(long, num_args = 1.., value_name = "ID")]
         systems: Vec<String>,
@@ -107,10 +115,15 @@ fn main() -> ExitCode {
             Command::Run => cli::run(path).await,
             Command::Once {
                 dry_run,
+                full,
                 systems,
                 json,
-            } => cli::once(path, dry_run, systems, json).await,
-            Command::Plan { systems, json } => cli::once(path, true, systems, json).await,
+            } => cli::once(path, dry_run, full, systems, json).await,
+            Command::Plan {
+                full,
+                systems,
+                json,
+            } => cli::once(path, true, full, systems, json).await,
             Command::Status { json } => cli::status(path, json).await,
             Command::Systems { json } => cli::systems(path, json).await,
             Command::Flights { systems, json } => cli::flights(path, systems, json).await,

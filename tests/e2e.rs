@@ -130,6 +130,7 @@ async fn systems_filter_limits_the_pass() {
             PassOptions {
                 dry_run: false,
                 only_systems: vec![one.clone()],
+                ..Default::default()
             },
             false,
         )
@@ -286,6 +287,8 @@ async fn a_stopping_pass_starts_nothing_new() {
 async fn images_added_after_commit_warn_or_start_a_whole_new_task() {
     let spec = small_spec();
     let mut rig = Rig::new(&spec).await;
+    // Every pass lists every flight (no resync period), so the change is seen at once.
+    rig.config.sync.recheck_committed = std::time::Duration::ZERO;
     assert_no_errors(&rig.pass().await);
     let before = rig.sim.dataset().expected_flights();
     rig.sim.replace_dataset(&DatasetSpec {

@@ -280,6 +280,9 @@ async fn sigkill_at_many_points_never_duplicates_or_corrupts() {
             ("webodm", "max_concurrent_uploads = 1"),
             ("webodm", "requests_per_second = 1000"),
             ("tapis", "requests_per_second = 1000"),
+            // One listing at a time: flights come in (and are synced) in key order, the
+            // order of the kill targets below.
+            ("tapis", "max_concurrent_requests = 1"),
         ],
         "[retry]\ninitial = \"20ms\"\nmax = \"200ms\"\nmax_elapsed = \"5s\"\n",
     );

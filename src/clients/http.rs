@@ -704,6 +704,7 @@ mod tests {
                 initial: Duration::from_millis(1),
                 max: Duration::from_millis(5),
                 max_elapsed: Duration::from_secs(5),
+                listing_elapsed: Duration::from_secs(60),
             },
             &CaBundle::default(),
         )

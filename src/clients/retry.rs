@@ -106,6 +106,7 @@ mod tests {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(8),
             max_elapsed: Duration::from_secs(60),
+            listing_elapsed: Duration::from_secs(60),
         });
         let d = Some(Duration::from_secs(4));
         assert_eq!(p.wait(d, None, 0.0), Some(Duration::ZERO));

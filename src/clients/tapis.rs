@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::clients::http::{secret_header, ApiError, CachedToken, Reply, Service};
+use crate::clients::http::{secret_header, ApiError, CachedToken, Reply, RetryPolicy, Service};
 use crate::config::{RetryConfig, Secret, TapisAuth, TapisConfig};
 
 pub use crate::clients::http::ByteStream;
@@ -138,6 +138,9 @@ pub struct TapisClient {
 
 struct Inner {
     svc: Service,
+    /// Retries of listings (systems, folders): `retry.listing_elapsed` at most, so one sick
+    /// folder is reported and left for the next pass instead of holding up the others.
+    listing: RetryPolicy,
     username: String,
     auth: TapisAuth,
     session: Mutex<Session>,
@@ -175,6 +178,10 @@ impl TapisClient {
         Ok(TapisClient {
             inner: Arc::new(Inner {
                 svc,
+                listing: RetryPolicy::new(&RetryConfig {
+                    max_elapsed: retry.listing_elapsed.min(retry.max_elapsed),
+                    ..retry.clone()
+                }),
                 username: cfg.username.clone(),
                 auth: cfg.auth.clone(),
                 session: Mutex::new(Session::default()),
@@ -230,20 +237,24 @@ impl TapisClient {
         }
     }
 
-    /// One GET answered with JSON, retried while the failure is transient.
+    /// One listing GET answered with JSON, retried while the failure is transient, for at most
+    /// `retry.listing_elapsed`.
     async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         url: &url::Url,
         query: &[(&str, &str)],
     ) -> Result<T, ApiError> {
         let svc = &self.inner.svc;
-        svc.retry(|| async {
-            self.call(|| svc.request(Method::GET, url.clone()).query(query))
-                .await?
-                .json()
-                .await
-        })
-        .await
+        let what = format!("Tapis GET {}", url.path());
+        self.inner
+            .listing
+            .run(&what, || async {
+                self.call(|| svc.request(Method::GET, url.clone()).query(query))
+                    .await?
+                    .json()
+                    .await
+            })
+            .await
     }
 
     /// The content of a file, streamed as it arrives (one attempt, no retries: a failed

@@ -83,6 +83,10 @@ pub struct TapisConfig {
     /// System ids never scanned.
     #[serde(default)]
     pub exclude_systems: Vec<String>,
+    /// `"K/N"`: this instance serves only the systems whose id hashes to K modulo N (see
+    /// [`Shard`]); unset = every system.
+    #[serde(default)]
+    pub shard: Option<Shard>,
     /// Request rate limit towards Tapis.
     #[serde(default = "default_tapis_rps")]
     pub requests_per_second: u32,
@@ -102,6 +106,56 @@ pub struct TapisConfig {
     /// The certificates read from `ca_file` (not a key of the file).
     #[serde(skip)]
     pub ca: CaBundle,
+}
+
+/// `tapis.shard = "K/N"`: N instances with K = 0…N−1 split the matching systems between them,
+/// each system served by exactly one.
+///
+/// A system belongs to shard `u64::from_be_bytes(first 8 bytes of sha256(id)) mod N`: a stable
+/// hash, the same on every host and every version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Shard {
+    /// This instance's shard, `0 ≤ index < count`.
+    pub index: u64,
+    /// How many shards there are.
+    pub count: u64,
+}
+
+impl Shard {
+    /// The shard a system id falls in, out of `count`.
+    pub fn of(system_id: &str, count: u64) -> u64 {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(system_id.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first) % count.max(1)
+    }
+
+    /// Whether this instance serves the system.
+    pub fn serves(&self, system_id: &str) -> bool {
+        Shard::of(system_id, self.count) == self.index
+    }
+}
+
+impl TryFrom<String> for Shard {
+    type Error = String;
+    fn try_from(s: String) -> Result<Shard, String> {
+        let bad = || format!("`{s}` is not a shard: write \"K/N\" with 0 ≤ K < N, e.g. \"0/2\"");
+        let (k, n) = s.trim().split_once('/').ok_or_else(bad)?;
+        let index: u64 = k.trim().parse().map_err(|_| bad())?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl From<Shard> for String {
+    fn from(s: Shard) -> String {
+        format!("{}/{}", s.index, s.count)
+    }
 }
 
 /// How the daemon authenticates to Tapis, resolved from the `[tapis]` keys.
@@ -275,6 +329,11 @@ pub struct SyncConfig {
     /// How long in-flight images may finish after SIGTERM.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// How often a committed flight's images folder is listed again to notice changes (`0s`:
+    /// every pass). Each flight has its own point in the period, so each pass lists about
+    /// `interval / recheck_committed` of them.
+    #[serde(default = "default_recheck", with = "humantime_serde")]
+    pub recheck_committed: Duration,
 }
 
 impl Default for SyncConfig {
@@ -286,6 +345,7 @@ impl Default for SyncConfig {
             state_dir: default_state_dir(),
             on_change_after_commit: default_on_change(),
             shutdown_timeout: default_shutdown_timeout(),
+            recheck_committed: default_recheck(),
         }
     }
 }
@@ -390,6 +450,10 @@ pub struct RetryConfig {
     /// Give up on one operation after this long.
     #[serde(default = "default_retry_elapsed", with = "humantime_serde")]
     pub max_elapsed: Duration,
+    /// Give up on one Tapis listing after this long: that flight (or system) is reported and
+    /// tried again next pass while the others go on.
+    #[serde(default = "default_listing_elapsed", with = "humantime_serde")]
+    pub listing_elapsed: Duration,
 }
 
 impl Default for RetryConfig {
@@ -398,6 +462,7 @@ impl Default for RetryConfig {
             initial: default_retry_initial(),
             max: default_retry_max(),
             max_elapsed: default_retry_elapsed(),
+            listing_elapsed: default_listing_elapsed(),
         }
     }
 }
@@ -518,6 +583,12 @@ fn default_retry_max() -> Duration {
 }
 fn default_retry_elapsed() -> Duration {
     Duration::from_secs(1800)
+}
+fn default_recheck() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+fn default_listing_elapsed() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_log_level() -> String {
     "info".into()

@@ -129,6 +129,7 @@ impl Config {
             ("retry.initial", self.retry.initial),
             ("retry.max", self.retry.max),
             ("retry.max_elapsed", self.retry.max_elapsed),
+            ("retry.listing_elapsed", self.retry.listing_elapsed),
         ] {
             if d.is_zero() {
                 bad(key, "must be longer than 0s".into());

@@ -19,23 +19,11 @@ use crate::clients::webodm::{NewProject, NewTask, Project, Task, WebodmClient};
 use crate::config::Config;
 use crate::engine::discover::Image;
 use crate::engine::naming;
-use crate::engine::plan::{FlightPlan, Plan, Step};
+use crate::engine::plan::{FlightPlan, Step};
 use crate::engine::state::{
     now_ms, FlightKey, FlightRecord, IntentKind, Phase, StateError, Store, UploadedImage,
 };
 use crate::engine::summary::{CreatedProject, PassSummary};
-
-impl PassSummary {
-    fn absorb(&mut self, o: FlightOutcome) {
-        self.projects_created += o.created_project.is_some() as usize;
-        self.created_projects.extend(o.created_project);
-        self.tasks_created += o.tasks_created;
-        self.images_uploaded += o.images_uploaded;
-        self.bytes_uploaded += o.bytes_uploaded;
-        self.tasks_committed += o.committed as usize;
-        self.errors.extend(o.error);
-    }
-}
 
 /// Why one step of a flight failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,14 +92,17 @@ pub struct Engine<'a> {
     pub config: &'a Config,
     /// Set when the daemon is stopping: no new image is started.
     pub stopping: Arc<AtomicBool>,
-    /// Transfer progress, when stdout is a terminal.
+    /// Transfer progress, when stdout is a terminal (its length grows as flights are planned).
     pub progress: Option<indicatif::ProgressBar>,
     /// Retries of creates, commits and transfers.
     pub policy: RetryPolicy,
+    /// Images in flight at once, across all flights (`webodm.max_concurrent_uploads`).
+    pub uploads: Arc<Semaphore>,
 }
 
+/// What applying one flight's plan did; added into the pass summary.
 #[derive(Default)]
-struct FlightOutcome {
+pub struct FlightOutcome {
     created_project: Option<CreatedProject>,
     tasks_created: usize,
     images_uploaded: u64,
@@ -120,37 +111,22 @@ struct FlightOutcome {
     error: Option<String>,
 }
 
-impl Engine<'_> {
-    /// Runs every flight's steps (flights concurrently), records vanished flights, and adds
-    /// what was done to the pass summary (created projects and errors in a stable order).
-    pub async fn apply(&self, plan: &Plan, summary: &mut PassSummary) {
-        let uploads = Arc::new(Semaphore::new(self.config.webodm.max_concurrent_uploads));
-        if let Some(bar) = &self.progress {
-            bar.set_length(plan.uploads().1);
-        }
-        let outcomes: Vec<FlightOutcome> = stream::iter(&plan.flights)
-            .map(|fp| self.reconcile(fp, uploads.clone()))
-            .buffer_unordered(self.config.webodm.max_concurrent_uploads)
-            .collect()
-            .await;
-        for o in outcomes {
-            summary.absorb(o);
-        }
-        summary
-            .created_projects
-            .sort_by(|a, b| (&a.system_id, &a.flight_name).cmp(&(&b.system_id, &b.flight_name)));
-        summary.errors.sort();
-        for key in &plan.vanished {
-            if let Err(e) = self.mark_vanished(key).await {
-                summary.errors.push(format!("{key}: {e}"));
-            }
-        }
-        if let Some(bar) = &self.progress {
-            bar.finish_and_clear();
-        }
+impl PassSummary {
+    /// Adds what one flight's plan did.
+    pub fn absorb(&mut self, o: FlightOutcome) {
+        self.projects_created += o.created_project.is_some() as usize;
+        self.created_projects.extend(o.created_project);
+        self.tasks_created += o.tasks_created;
+        self.images_uploaded += o.images_uploaded;
+        self.bytes_uploaded += o.bytes_uploaded;
+        self.tasks_committed += o.committed as usize;
+        self.errors.extend(o.error);
     }
+}
 
-    async fn mark_vanished(&self, key: &FlightKey) -> Result<(), StateError> {
+impl Engine<'_> {
+    /// Records that a flight's folder is gone from Tapis (nothing is deleted anywhere).
+    pub async fn mark_vanished(&self, key: &FlightKey) -> Result<(), StateError> {
         if let Some(mut rec) = self.store.flight(key)? {
             warn!(system = %key.system, flight = %key.flight, "flight folder is gone from Tapis; its WebODM project is kept");
             rec.vanished_ms = Some(now_ms());
@@ -161,7 +137,7 @@ impl Engine<'_> {
 
     /// One flight: runs its steps in order, stopping at the first failure, and records the
     /// outcome (with the next attempt time when it failed).
-    async fn reconcile(&self, fp: &FlightPlan, uploads: Arc<Semaphore>) -> FlightOutcome {
+    pub async fn reconcile(&self, fp: &FlightPlan) -> FlightOutcome {
         let key = &fp.flight.key;
         let mut out = FlightOutcome::default();
         let mut rec = match self.store.flight(key) {
@@ -171,9 +147,13 @@ impl Engine<'_> {
                 return out;
             }
         };
-        rec.listing = fp.flight.fingerprint();
+        rec.listing = fp.fingerprint;
         rec.listing_since_ms = fp.listing_since_ms;
-        rec.images_total = fp.flight.images.len() as u64;
+        rec.images_total = fp.fingerprint.count;
+        if fp.listed {
+            rec.last_checked_ms = Some(now_ms());
+            rec.listing_error = None;
+        }
         if rec.vanished_ms.take().is_some() {
             info!(system = %key.system, flight = %key.flight, "flight folder is back on Tapis");
         }
@@ -183,7 +163,7 @@ impl Engine<'_> {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            result = self.step(step, fp, &mut rec, &uploads, &mut out).await;
+            result = self.step(step, fp, &mut rec, &self.uploads, &mut out).await;
             if result.is_err() {
                 break;
             }

@@ -1,16 +1,22 @@
-//! The desired state: which flights Tapis holds now, and their images, as plain data.
+//! The desired state: which flights Tapis holds now, and their images, as plain data — found
+//! item by item as listings come in, so a pass can plan and apply a flight as soon as its own
+//! listing is in and one slow or failing listing delays nobody else.
 //!
 //! Per pass it costs one systems listing (paged), one root listing per system (paged) and one
-//! listing of `<Flight>/<images_dir>` per candidate folder: a folder whose images dir is missing
-//! (404) is not a flight. Nothing here knows about WebODM or the store.
+//! listing of `<Flight>/<images_dir>` per candidate folder, except the folders the caller names
+//! as settled ([`Scope::settled`]: committed flights whose recheck is not due). A folder whose
+//! images dir is missing (404) is not a flight. Nothing here knows about WebODM or the store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use futures_util::{stream, StreamExt};
+use futures_util::{future, stream, StreamExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::clients::http::ApiError;
 use crate::clients::tapis::{FileKind, System, TapisClient};
-use crate::config::{LayoutConfig, TapisConfig};
+use crate::config::{LayoutConfig, Shard, TapisConfig};
 use crate::engine::state::{Fingerprint, FlightKey};
 
 /// Longest file name WebODM stores unchanged (characters), and the longest a Linux file system
@@ -28,6 +34,8 @@ pub struct Scope {
     pub allow: Vec<String>,
     /// Never these.
     pub exclude: Vec<String>,
+    /// Only the systems of this shard (`tapis.shard`).
+    pub shard: Option<Shard>,
     /// Images folder inside a flight folder.
     pub images_dir: String,
     /// Lower-case extensions that count as images.
@@ -38,6 +46,9 @@ pub struct Scope {
     /// that comes back empty, or a root listing of one of these that holds no folder at all, is
     /// not believed ("all flights gone"): it is an error and nothing there is scanned.
     pub known_systems: BTreeSet<String>,
+    /// Folders whose images are not listed this pass: settled flights whose recheck is not
+    /// due. They are still looked for in their system's root listing.
+    pub settled: HashSet<FlightKey>,
 }
 
 impl Scope {
@@ -51,6 +62,7 @@ impl Scope {
                 only.to_vec()
             },
             exclude: tapis.exclude_systems.clone(),
+            shard: tapis.shard,
             images_dir: layout.images_dir.trim_matches('/').to_string(),
             extensions: layout
                 .extensions
@@ -59,6 +71,7 @@ impl Scope {
                 .collect(),
             concurrency: tapis.max_concurrent_requests.max(1),
             known_systems: BTreeSet::new(),
+            settled: HashSet::new(),
         }
     }
 
@@ -75,15 +88,24 @@ impl Scope {
     }
 
     /// Why a listed system is not scanned, or `None` when it is.
-    pub fn skip_reason(&self, s: &System) -> Option<&'static str> {
+    pub fn skip_reason(&self, s: &System) -> Option<String> {
         if !s.enabled {
-            Some("disabled on Tapis")
+            Some("disabled on Tapis".into())
         } else if self.exclude.contains(&s.id) {
-            Some("in exclude_systems")
+            Some("in exclude_systems".into())
         } else if !self.allow.is_empty() && !self.allow.contains(&s.id) {
-            Some("not in the systems allow-list")
+            Some("not in the systems allow-list".into())
         } else {
-            None
+            match self.shard {
+                Some(shard) if !shard.serves(&s.id) => Some(format!(
+                    "in shard {}/{}; this instance serves shard {}/{}",
+                    Shard::of(&s.id, shard.count),
+                    shard.count,
+                    shard.index,
+                    shard.count
+                )),
+                _ => None,
+            }
         }
     }
 
@@ -112,13 +134,23 @@ pub struct Flight {
     pub key: FlightKey,
     /// `<Flight>/<images_dir>`.
     pub images_path: String,
-    /// Its images, by name.
+    /// Its images, by name (empty when its folder was not listed this pass).
     pub images: Vec<Image>,
     /// Files that look like images but cannot be synced, with the reason.
     pub rejected: Vec<String>,
 }
 
 impl Flight {
+    /// A flight whose images folder is not listed this pass.
+    pub fn unlisted(key: FlightKey, images_dir: &str) -> Flight {
+        Flight {
+            images_path: format!("{}/{images_dir}", key.flight),
+            key,
+            images: Vec::new(),
+            rejected: Vec::new(),
+        }
+    }
+
     /// Count, total bytes and newest modification of the images.
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint {
@@ -135,7 +167,51 @@ impl Flight {
     }
 }
 
-/// Everything one scan found.
+/// One thing discovery found, as soon as its listing is in.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A system's root was listed completely: every folder there (flight or not) is named.
+    Root {
+        /// The system.
+        system: String,
+        /// Its folders.
+        folders: BTreeSet<String>,
+    },
+    /// A system's root listing failed or was not believed: its flights are left as they are.
+    RootFailed {
+        /// The system.
+        system: String,
+        /// Why, naming the system.
+        error: String,
+    },
+    /// A flight, with its images listed now.
+    Flight {
+        /// The flight.
+        flight: Flight,
+        /// What was skipped without being an error (e.g. zero-byte images).
+        warnings: Vec<String>,
+    },
+    /// A settled flight whose images were not listed ([`Scope::settled`]); its folder is there.
+    Settled(FlightKey),
+    /// A folder without an images folder, or without images: not a flight now.
+    NotAFlight(FlightKey),
+    /// A folder whose listing failed or was not believed: its state is unknown, not gone.
+    ListingFailed {
+        /// The folder.
+        key: FlightKey,
+        /// Why, naming the system and flight.
+        error: String,
+    },
+    /// A folder refused for its name.
+    Refused {
+        /// The folder.
+        key: FlightKey,
+        /// Why, naming the system and folder.
+        error: String,
+    },
+}
+
+/// Everything one scan found (the whole listing at once: for `flights`, tests, benchmarks).
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
     /// Systems whose root was listed completely.
@@ -154,7 +230,7 @@ pub struct Desired {
 pub async fn systems(
     tapis: &TapisClient,
     scope: &Scope,
-) -> Result<Vec<(System, Option<&'static str>)>, ApiError> {
+) -> Result<Vec<(System, Option<String>)>, ApiError> {
     let listed = tapis.list_systems(&scope.pattern).await?;
     Ok(listed
         .into_iter()
@@ -165,8 +241,9 @@ pub async fn systems(
         .collect())
 }
 
-/// Scans every system in scope for flights and their images.
-pub async fn discover(tapis: &TapisClient, scope: &Scope) -> Result<Desired, ApiError> {
+/// The systems to scan: those in scope. A listing that comes back empty while the store knows
+/// flights is not believed ("every flight is gone") and is an error.
+pub async fn systems_in_scope(tapis: &TapisClient, scope: &Scope) -> Result<Vec<System>, ApiError> {
     let listed = systems(tapis, scope).await?;
     if listed.is_empty() && !scope.known_systems.is_empty() {
         let known: Vec<&str> = scope.known_systems.iter().map(String::as_str).collect();
@@ -182,90 +259,204 @@ pub async fn discover(tapis: &TapisClient, scope: &Scope) -> Result<Desired, Api
             ),
         });
     }
-    let systems: Vec<System> = listed
+    Ok(listed
         .into_iter()
         .filter_map(|(s, why)| why.is_none().then_some(s))
-        .collect();
-    let mut desired = Desired::default();
+        .collect())
+}
 
-    let roots: Vec<_> = stream::iter(systems.iter())
-        .map(|s| async move { (s.id.clone(), tapis.list_dir(&s.id, "").await) })
-        .buffer_unordered(scope.concurrency)
-        .collect()
-        .await;
-    let mut candidates = Vec::new();
-    for (system, root) in roots {
-        match root {
-            Ok(entries)
-                if scope.known_systems.contains(&system)
-                    && !entries.iter().any(|e| e.kind == FileKind::Dir) =>
-            {
-                desired.errors.push(format!(
-                    "{system}: the system root lists no folder at all although flights are \
-                     recorded there: not believed; the system is not scanned this pass"
-                ));
-            }
-            Ok(entries) => {
-                desired.scanned.insert(system.clone());
-                for e in entries.into_iter().filter(|e| e.kind == FileKind::Dir) {
-                    let key = FlightKey::new(system.clone(), e.name);
-                    match unsafe_flight_name(&key.flight) {
-                        Some(why) => desired
-                            .errors
-                            .push(format!("{key}: folder {:?} skipped: {why}", key.flight)),
-                        None => candidates.push(key),
-                    }
+/// Work found in a root listing: something already known, or a folder still to list.
+enum Work {
+    Done(Found),
+    List(FlightKey),
+}
+
+/// What [`scan`] yields: what was found, and for a listed flight the slot it holds until the
+/// receiver is done with it (see `slots`).
+pub type Scanned = (Found, Option<OwnedSemaphorePermit>);
+
+/// Lists the roots of `systems` and then each candidate folder, sending what was found into
+/// `out` as each listing comes in (at most `scope.concurrency` root and folder listings at
+/// once). Folders in [`Scope::settled`] are not listed. Returns when everything is listed, or
+/// early once `stop` is set or `out` is closed (nothing new is listed then).
+///
+/// Every listing under way is always driven to its end (sends never wait), so none sits
+/// half-done holding a Tapis connection while the receiver is busy. With `slots`, a folder is
+/// listed only once it holds a slot, which travels with its item until the receiver drops it
+/// (when its flight has been applied): listed flights waiting for the receiver stay bounded.
+pub async fn scan(
+    tapis: &TapisClient,
+    scope: &Scope,
+    systems: Vec<System>,
+    slots: Option<Arc<Semaphore>>,
+    stop: &AtomicBool,
+    out: mpsc::UnboundedSender<Scanned>,
+) {
+    let halted = || stop.load(Ordering::SeqCst) || out.is_closed();
+    let (work_tx, mut work_rx) = mpsc::unbounded_channel::<Work>();
+    // The sender lives in the stream's closure: dropped when every root is listed, which ends
+    // the folder stage once its queue is empty.
+    let roots = stream::iter(systems)
+        .map(move |s| {
+            let work_tx = work_tx.clone();
+            async move {
+                if halted() {
+                    return;
+                }
+                let root = tapis.list_dir(&s.id, "").await;
+                for w in root_work(scope, s.id, root) {
+                    let _ = work_tx.send(w);
                 }
             }
-            Err(e) => desired
-                .errors
-                .push(format!("{system}: listing the system root failed: {e}")),
-        }
-    }
-
-    // Each listing becomes its `Flight` as soon as it arrives, so the raw entries of at most
-    // `concurrency` listings are alive at once.
-    let listings: Vec<_> = stream::iter(candidates)
-        .map(|key| async move {
-            let path = format!("{}/{}", key.flight, scope.images_dir);
-            let listing = tapis
-                .list_dir(&key.system, &path)
-                .await
-                .map(|entries| flight_from_listing(scope, key.clone(), path.clone(), entries));
-            (key, path, listing)
         })
         .buffer_unordered(scope.concurrency)
-        .collect()
-        .await;
+        .for_each(|()| future::ready(()));
+    let folders = stream::poll_fn(|cx| work_rx.poll_recv(cx))
+        .map(|work| {
+            let slots = slots.clone();
+            let out = &out;
+            async move {
+                let item = match work {
+                    Work::Done(found) => (found, None),
+                    Work::List(_) if halted() => return,
+                    Work::List(key) => {
+                        let slot = match slots {
+                            Some(s) => Some(s.acquire_owned().await.expect("never closed")),
+                            None => None,
+                        };
+                        if halted() {
+                            return;
+                        }
+                        (list_flight(tapis, scope, key).await, slot)
+                    }
+                };
+                let _ = out.send(item);
+            }
+        })
+        .buffer_unordered(scope.concurrency)
+        .for_each(|()| future::ready(()));
+    tokio::join!(roots, folders);
+}
+
+/// What a system's root listing leads to.
+fn root_work(
+    scope: &Scope,
+    system: String,
+    root: Result<Vec<crate::clients::tapis::FileEntry>, ApiError>,
+) -> Vec<Work> {
+    let entries = match root {
+        Ok(entries) => entries,
+        Err(e) => {
+            return vec![Work::Done(Found::RootFailed {
+                error: format!(
+                    "{system}: listing the system root failed: {e}; its flights are left as \
+                     they are and tried again next pass"
+                ),
+                system,
+            })]
+        }
+    };
+    let folders: BTreeSet<String> = entries
+        .into_iter()
+        .filter(|e| e.kind == FileKind::Dir)
+        .map(|e| e.name)
+        .collect();
+    if folders.is_empty() && scope.known_systems.contains(&system) {
+        return vec![Work::Done(Found::RootFailed {
+            error: format!(
+                "{system}: the system root lists no folder at all although flights are \
+                 recorded there: not believed; the system is not scanned this pass"
+            ),
+            system,
+        })];
+    }
+    let mut work = Vec::with_capacity(folders.len() + 1);
+    for name in &folders {
+        let key = FlightKey::new(system.clone(), name.clone());
+        work.push(match unsafe_flight_name(name) {
+            Some(why) => Work::Done(Found::Refused {
+                error: format!("{key}: folder {name:?} skipped: {why}"),
+                key,
+            }),
+            None if scope.settled.contains(&key) => Work::Done(Found::Settled(key)),
+            None => Work::List(key),
+        });
+    }
+    work.insert(0, Work::Done(Found::Root { system, folders }));
+    work
+}
+
+/// Lists one candidate folder's images folder.
+async fn list_flight(tapis: &TapisClient, scope: &Scope, key: FlightKey) -> Found {
+    let path = format!("{}/{}", key.flight, scope.images_dir);
+    match tapis.list_dir(&key.system, &path).await {
+        Ok(entries) => match flight_from_listing(scope, key.clone(), path, entries) {
+            Ok((flight, warnings))
+                if flight.images.is_empty()
+                    && flight.rejected.is_empty()
+                    && warnings.is_empty() =>
+            {
+                Found::NotAFlight(key)
+            }
+            Ok((flight, warnings)) => Found::Flight { flight, warnings },
+            Err(error) => Found::ListingFailed { key, error },
+        },
+        // No images folder: not a flight.
+        Err(e) if e.is_not_found() => Found::NotAFlight(key),
+        Err(e) => Found::ListingFailed {
+            error: format!(
+                "{key}: listing {path} failed: {e}; the flight is left as it is and tried \
+                 again next pass"
+            ),
+            key,
+        },
+    }
+}
+
+/// Scans every system in scope for flights and their images, all at once.
+pub async fn discover(tapis: &TapisClient, scope: &Scope) -> Result<Desired, ApiError> {
+    let systems = systems_in_scope(tapis, scope).await?;
+    let mut desired = Desired::default();
     let mut flights = BTreeMap::new();
-    for (key, images_path, listing) in listings {
-        match listing {
-            Ok(converted) => match converted {
-                Ok((flight, warnings)) => {
-                    for w in &warnings {
-                        tracing::warn!(system = %key.system, flight = %key.flight, "{w}");
-                    }
-                    desired.warnings.extend(warnings);
-                    desired.errors.extend(flight.rejected.iter().cloned());
-                    if !flight.images.is_empty() {
-                        flights.insert(key, flight);
-                    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let never = AtomicBool::new(false);
+    let scanning = scan(tapis, scope, systems, None, &never, tx);
+    let mut collected = Vec::new();
+    let collecting = async {
+        while let Some((f, _)) = rx.recv().await {
+            collected.push(f);
+        }
+    };
+    tokio::join!(scanning, collecting);
+    for f in collected {
+        match f {
+            Found::Root { system, .. } => {
+                desired.scanned.insert(system);
+            }
+            Found::RootFailed { error, .. } | Found::Refused { error, .. } => {
+                desired.errors.push(error)
+            }
+            Found::Flight { flight, warnings } => {
+                for w in &warnings {
+                    tracing::warn!(system = %flight.key.system, flight = %flight.key.flight, "{w}");
                 }
-                Err(why) => {
-                    desired.errors.push(why);
-                    desired.unknown.insert(key);
+                desired.warnings.extend(warnings);
+                desired.errors.extend(flight.rejected.iter().cloned());
+                if !flight.images.is_empty() {
+                    flights.insert(flight.key.clone(), flight);
                 }
-            },
-            // No images folder: not a flight.
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                desired
-                    .errors
-                    .push(format!("{key}: listing {images_path} failed: {e}"));
+            }
+            Found::Settled(key) => {
+                flights.insert(key.clone(), Flight::unlisted(key, &scope.images_dir));
+            }
+            Found::NotAFlight(_) => {}
+            Found::ListingFailed { key, error } => {
+                desired.errors.push(error);
                 desired.unknown.insert(key);
             }
         }
     }
+    desired.errors.sort();
     desired.flights = flights.into_values().collect();
     Ok(desired)
 }
@@ -404,6 +595,8 @@ mod tests {
             extensions: vec!["jpg".into(), "jpeg".into()],
             concurrency: 4,
             known_systems: BTreeSet::new(),
+            settled: HashSet::new(),
+            shard: None,
         }
     }
 

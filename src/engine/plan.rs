@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::config::{OnChange, RetryConfig};
 use crate::engine::discover::{Desired, Flight, Image};
-use crate::engine::state::{FlightKey, FlightRecord, Phase, UploadedImage};
+use crate::engine::state::{Fingerprint, FlightKey, FlightRecord, Phase, UploadedImage};
 
 /// Settings that shape a plan.
 #[derive(Debug, Clone)]
@@ -24,16 +24,19 @@ pub struct Settings {
     pub on_change: OnChange,
 }
 
-/// What the store knows, as plan needs it.
+/// What WebODM holds now: project id → its task ids.
+pub type WebodmView = BTreeMap<i64, BTreeSet<String>>;
+
+/// What the store knows, as [`plan`] needs it.
 #[derive(Debug, Clone, Default)]
 pub struct Observed {
     /// Every flight record.
     pub records: BTreeMap<FlightKey, FlightRecord>,
     /// Confirmed images of every flight not yet committed.
     pub uploaded: BTreeMap<FlightKey, BTreeMap<String, UploadedImage>>,
-    /// What WebODM holds now: project id → its task ids (`None` when it could not be listed;
-    /// drift is then not checked this pass).
-    pub webodm: Option<BTreeMap<i64, BTreeSet<String>>>,
+    /// What WebODM holds now (`None` when it could not be listed; drift is then not checked
+    /// this pass).
+    pub webodm: Option<WebodmView>,
 }
 
 /// One thing to do for a flight, in order.
@@ -83,9 +86,15 @@ pub enum Step {
 /// Everything to do for one flight this pass.
 #[derive(Debug, Clone, Serialize)]
 pub struct FlightPlan {
-    /// The flight as listed now.
+    /// The flight as listed now (without images when it was not listed this pass).
     #[serde(skip)]
     pub flight: Flight,
+    /// Whether the images folder was listed this pass (else the recorded listing stands).
+    #[serde(skip)]
+    pub listed: bool,
+    /// The listing's summary: this pass's when listed, else the recorded one.
+    #[serde(skip)]
+    pub fingerprint: Fingerprint,
     /// System id.
     pub system_id: String,
     /// Flight name.
@@ -96,6 +105,20 @@ pub struct FlightPlan {
     pub settled: bool,
     /// What to do, in order (may be empty: only the listing is recorded).
     pub steps: Vec<Step>,
+}
+
+impl FlightPlan {
+    /// Drops the image lists (kept only while the plan is applied), leaving counts: what a
+    /// dry run or a pass report keeps of a plan, so it stays O(flights) in memory.
+    pub fn without_images(mut self) -> FlightPlan {
+        self.flight.images = Vec::new();
+        for step in &mut self.steps {
+            if let Step::Upload { images, .. } = step {
+                *images = Vec::new();
+            }
+        }
+        self
+    }
 }
 
 /// Why a flight gets no steps this pass.
@@ -147,6 +170,11 @@ impl Plan {
         self.steps()
             .all(|s| matches!(s, Step::WarnChangedAfterCommit | Step::MarkDeleted { .. }))
     }
+    /// Adds one flight's outcome.
+    pub fn add(&mut self, planned: Planned) {
+        self.flights.extend(planned.plan);
+        self.waiting.extend(planned.waiting);
+    }
     fn steps(&self) -> impl Iterator<Item = &Step> {
         self.flights.iter().flat_map(|f| f.steps.iter())
     }
@@ -155,39 +183,85 @@ impl Plan {
     }
 }
 
-/// Computes the plan of one pass.
-pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Settings) -> Plan {
-    let mut out = Plan::default();
-    let mut new_projects = 0;
-    for flight in &desired.flights {
-        let key = &flight.key;
-        let rec = observed.records.get(key);
-        let wait = |reason: String| Waiting {
-            system_id: key.system.clone(),
-            flight_name: key.flight.clone(),
-            reason,
+/// What planning one flight gave: its work (if any) and why it waits (if it does).
+#[derive(Debug, Clone, Default)]
+pub struct Planned {
+    /// Steps to run, or only a changed listing to record.
+    pub plan: Option<FlightPlan>,
+    /// Why (some of) its work waits for a later pass.
+    pub waiting: Option<Waiting>,
+}
+
+/// Plans one flight at a time, as listings come in (kube-rs style: one reconcile per object,
+/// [`retry_delay`] its error policy). Pure: the caller brings the records and listings.
+#[derive(Debug)]
+pub struct Planner<'a> {
+    settings: &'a Settings,
+    webodm: Option<&'a WebodmView>,
+    now_ms: i64,
+    new_projects: usize,
+}
+
+impl<'a> Planner<'a> {
+    /// A planner for one pass at `now_ms`, with what WebODM holds (for drift checks).
+    pub fn new(settings: &'a Settings, webodm: Option<&'a WebodmView>, now_ms: i64) -> Self {
+        Planner {
+            settings,
+            webodm,
+            now_ms,
+            new_projects: 0,
+        }
+    }
+
+    /// Plans one flight. `listed` says whether `flight` carries a fresh listing of its images;
+    /// when it does not (a committed flight whose recheck is not due), the recorded listing
+    /// stands. `uploaded` holds the images WebODM confirmed for its current task.
+    pub fn flight(
+        &mut self,
+        flight: Flight,
+        listed: bool,
+        rec: Option<&FlightRecord>,
+        uploaded: Option<&BTreeMap<String, UploadedImage>>,
+    ) -> Planned {
+        let settings = self.settings;
+        let now_ms = self.now_ms;
+        let key = flight.key.clone();
+        let wait = |reason: String| {
+            Some(Waiting {
+                system_id: key.system.clone(),
+                flight_name: key.flight.clone(),
+                reason,
+            })
         };
-        let fingerprint = flight.fingerprint();
+        let fingerprint = match (listed, rec) {
+            (false, Some(r)) => r.listing,
+            _ => flight.fingerprint(),
+        };
         let listing_since_ms = match rec {
             Some(r) if r.listing == fingerprint => r.listing_since_ms,
             _ => now_ms,
         };
         let settled = now_ms.saturating_sub(listing_since_ms) >= settings.settle.as_millis() as i64;
-        let listing_changed =
-            rec.is_none_or(|r| r.listing != fingerprint || r.vanished_ms.is_some());
+        let listing_changed = rec.is_none_or(|r| {
+            r.listing != fingerprint || r.vanished_ms.is_some() || r.listing_error.is_some()
+        });
+        let mut out = Planned::default();
         let mut steps = Vec::new();
         let mut task_vanished = false;
-        match rec.and_then(|r| drift(r, observed.webodm.as_ref())) {
+        let make = |flight: Flight, steps: Vec<Step>| FlightPlan {
+            flight,
+            listed,
+            fingerprint,
+            system_id: key.system.clone(),
+            flight_name: key.flight.clone(),
+            listing_since_ms,
+            settled,
+            steps,
+        };
+        match rec.and_then(|r| drift(r, self.webodm)) {
             Some(Drift::Deleted(what)) => {
-                out.flights.push(FlightPlan {
-                    flight: flight.clone(),
-                    system_id: key.system.clone(),
-                    flight_name: key.flight.clone(),
-                    listing_since_ms,
-                    settled,
-                    steps: vec![Step::MarkDeleted { what }],
-                });
-                continue;
+                out.plan = Some(make(flight, vec![Step::MarkDeleted { what }]));
+                return out;
             }
             Some(Drift::TaskVanished(task)) => {
                 task_vanished = true;
@@ -197,16 +271,15 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
         }
         match rec {
             Some(r) if r.phase == Phase::DeletedInWebodm => {
-                out.waiting.push(wait(
-                    "deleted in WebODM by a person; run `forget` to sync it again".into(),
-                ));
+                out.waiting =
+                    wait("deleted in WebODM by a person; run `forget` to sync it again".into());
             }
             Some(r) if r.next_attempt_ms.is_some_and(|t| t > now_ms) => {
-                out.waiting.push(wait(format!(
+                out.waiting = wait(format!(
                     "retrying after {} (last error: {})",
                     crate::engine::state::rfc3339(r.next_attempt_ms.unwrap_or(0)),
                     r.last_error.as_deref().unwrap_or("none")
-                )));
+                ));
             }
             Some(r) if r.phase.is_committed() => {
                 let changed = r.committed_listing.is_some_and(|c| c != fingerprint);
@@ -219,58 +292,67 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
                             generation: r.generation + 1,
                         });
                         steps.push(Step::EnsureTask);
-                        steps.extend(upload_step(flight, None));
+                        steps.extend(upload_step(&flight, None));
                         steps.push(Step::Commit);
                     }
-                    OnChange::NewTask if changed => out.waiting.push(wait(
+                    OnChange::NewTask if changed => out.waiting = wait(
                         "images changed after commit; a new task with every image follows once the listing has settled".into(),
-                    )),
+                    ),
                     _ => {}
                 }
             }
             _ => {
                 if rec.is_none_or(|r| r.project_id.is_none()) {
-                    if new_projects >= settings.max_new_projects {
-                        out.waiting.push(wait(format!(
+                    if self.new_projects >= settings.max_new_projects {
+                        out.waiting = wait(format!(
                             "max_new_projects_per_pass ({}) reached",
                             settings.max_new_projects
-                        )));
-                        continue;
+                        ));
+                        return out;
                     }
-                    new_projects += 1;
+                    self.new_projects += 1;
                     steps.push(Step::EnsureProject {
-                        name: crate::engine::naming::project_name(key),
+                        name: crate::engine::naming::project_name(&key),
                     });
                 }
                 if task_vanished || rec.is_none_or(|r| r.task_id.is_none()) {
                     steps.push(Step::EnsureTask);
                 }
-                let done = observed.uploaded.get(key).filter(|_| !task_vanished);
-                steps.extend(upload_step(flight, done));
+                let done = uploaded.filter(|_| !task_vanished);
+                steps.extend(upload_step(&flight, done));
                 if settled {
                     steps.push(Step::Commit);
                 } else {
-                    out.waiting.push(wait(format!(
+                    out.waiting = wait(format!(
                         "settling: listing changed at {}; commit waits until it is unchanged for {}",
                         crate::engine::state::rfc3339(listing_since_ms),
                         humantime::format_duration(settings.settle)
-                    )));
+                    ));
                 }
             }
         }
-        if !steps.is_empty() || listing_changed {
-            out.flights.push(FlightPlan {
-                flight: flight.clone(),
-                system_id: key.system.clone(),
-                flight_name: key.flight.clone(),
-                listing_since_ms,
-                settled,
-                steps,
-            });
+        if !steps.is_empty() || (listed && listing_changed) {
+            out.plan = Some(make(flight, steps));
         }
+        out
     }
-    let listed: std::collections::BTreeSet<&FlightKey> =
-        desired.flights.iter().map(|f| &f.key).collect();
+}
+
+/// Computes the plan of one pass from a whole listing (for tests and benchmarks; a pass plans
+/// each flight as its listing comes in).
+pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Settings) -> Plan {
+    let mut out = Plan::default();
+    let mut planner = Planner::new(settings, observed.webodm.as_ref(), now_ms);
+    for flight in &desired.flights {
+        let key = &flight.key;
+        out.add(planner.flight(
+            flight.clone(),
+            true,
+            observed.records.get(key),
+            observed.uploaded.get(key),
+        ));
+    }
+    let listed: BTreeSet<&FlightKey> = desired.flights.iter().map(|f| &f.key).collect();
     out.vanished = observed
         .records
         .values()
@@ -283,6 +365,53 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
         .map(|r| r.key.clone())
         .collect();
     out
+}
+
+/// Whether a settled flight (committed, or deleted in WebODM) needs its images folder listed
+/// this pass: when `recheck` is zero, when it was never checked, when it is not settled (a
+/// change after commit still waits for its new task), and once per `recheck` period at a point
+/// of the period fixed by its key — so each pass lists about `interval / recheck` of the
+/// settled flights, never all at once.
+pub fn recheck_due(
+    rec: &FlightRecord,
+    now_ms: i64,
+    recheck: Duration,
+    on_change: OnChange,
+) -> bool {
+    let settled_phase = rec.phase.is_committed() || rec.phase == Phase::DeletedInWebodm;
+    let unchanged = rec.committed_listing == Some(rec.listing)
+        || (on_change == OnChange::Warn && rec.change_warned)
+        || rec.phase == Phase::DeletedInWebodm;
+    if recheck.is_zero()
+        || !settled_phase
+        || !unchanged
+        || rec.vanished_ms.is_some()
+        || rec.listing_error.is_some()
+    {
+        return true;
+    }
+    let Some(last) = rec.last_checked_ms else {
+        return true;
+    };
+    let period = recheck.as_millis().max(1) as i64;
+    let slot = recheck_slot(&rec.key, period);
+    (now_ms - slot).div_euclid(period) > (last - slot).div_euclid(period)
+}
+
+/// When a settled flight last checked at `last` is listed next (unix ms).
+pub fn next_recheck(key: &FlightKey, last: i64, recheck: Duration) -> i64 {
+    let period = recheck.as_millis().max(1) as i64;
+    let slot = recheck_slot(key, period);
+    slot + ((last - slot).div_euclid(period) + 1) * period
+}
+
+/// The flight's fixed point in the recheck period (ms): a stable hash of its key.
+fn recheck_slot(key: &FlightKey, period_ms: i64) -> i64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{}/{}", key.system, key.flight).as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % period_ms as u64) as i64
 }
 
 /// Uploads of the flight's images that `done` does not hold in their listed version.
@@ -314,7 +443,7 @@ enum Drift {
 }
 
 /// Compares a record with what WebODM holds now.
-fn drift(rec: &FlightRecord, webodm: Option<&BTreeMap<i64, BTreeSet<String>>>) -> Option<Drift> {
+fn drift(rec: &FlightRecord, webodm: Option<&WebodmView>) -> Option<Drift> {
     let projects = webodm?;
     if rec.phase == Phase::DeletedInWebodm {
         return None;
@@ -591,6 +720,7 @@ mod tests {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(10),
             max_elapsed: Duration::from_secs(60),
+            listing_elapsed: Duration::from_secs(60),
         };
         assert_eq!(retry_delay(1, &r), Duration::from_secs(1));
         assert_eq!(retry_delay(3, &r), Duration::from_secs(4));

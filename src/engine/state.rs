@@ -226,6 +226,14 @@ pub struct FlightRecord {
     /// long is stuck.
     #[serde(default)]
     pub error_since_ms: Option<i64>,
+    /// When the images folder was last listed (unix ms); a committed flight is listed again
+    /// when its recheck comes due (`sync.recheck_committed`).
+    #[serde(default)]
+    pub last_checked_ms: Option<i64>,
+    /// Why the last listing of this flight (or of its system's root) failed; cleared by the
+    /// next listing that succeeds. The flight is left as it was meanwhile.
+    #[serde(default)]
+    pub listing_error: Option<String>,
 }
 
 impl FlightRecord {
@@ -251,6 +259,8 @@ impl FlightRecord {
             failures: 0,
             next_attempt_ms: None,
             error_since_ms: None,
+            last_checked_ms: None,
+            listing_error: None,
         }
     }
 
@@ -386,9 +396,17 @@ impl Store {
 
     /// Writes a flight record and flushes it to disk.
     pub async fn put_flight(&self, rec: &FlightRecord) -> Result<(), StateError> {
+        self.put_flight_unflushed(rec)?;
+        self.flush().await
+    }
+
+    /// Writes a flight record without waiting for the disk (sled writes it within 500 ms): for
+    /// bookkeeping whose loss in a crash costs nothing but a repeated listing (when a flight was
+    /// last checked, a listing error).
+    pub fn put_flight_unflushed(&self, rec: &FlightRecord) -> Result<(), StateError> {
         let bytes = serde_json::to_vec(rec).expect("records serialize");
         self.flights.insert(rec.key.db_key(), bytes)?;
-        self.flush().await
+        Ok(())
     }
 
     /// The images WebODM confirmed for a flight, by file name.

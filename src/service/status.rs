@@ -37,6 +37,14 @@ pub struct StatusRow {
     pub last_error: Option<String>,
     /// Next attempt after a failure (RFC 3339).
     pub next_attempt_at: Option<String>,
+    /// Why the last listing of the flight (or its system) failed; the flight is left as it was
+    /// and listed again next pass.
+    #[serde(default)]
+    pub listing_error: Option<String>,
+    /// When its images folder was last listed on Tapis (RFC 3339); a committed flight is
+    /// listed again once per `sync.recheck_committed`.
+    #[serde(default)]
+    pub last_checked_at: Option<String>,
 }
 
 impl StatusRow {
@@ -60,6 +68,8 @@ impl StatusRow {
             }),
             last_error: r.last_error.clone(),
             next_attempt_at: r.next_attempt_ms.map(crate::engine::state::rfc3339),
+            listing_error: r.listing_error.clone(),
+            last_checked_at: r.last_checked_ms.map(crate::engine::state::rfc3339),
         }
     }
 }

@@ -63,7 +63,7 @@ impl Rig {
     pub async fn dry_run(&self) -> PassReport {
         let opts = PassOptions {
             dry_run: true,
-            only_systems: vec![],
+            ..Default::default()
         };
         self.pass_with(opts, false).await
     }
