@@ -32,6 +32,9 @@ pub const TAPIS_PASSWORD_ENV: &str = "TAPIS_WEBODM_SYNC_TAPIS_PASSWORD";
 pub const TAPIS_CLIENT_KEY_ENV: &str = "TAPIS_WEBODM_SYNC_TAPIS_CLIENT_KEY";
 /// Environment variable holding the WebODM password when no `password`/`password_file` is set.
 pub const WEBODM_PASSWORD_ENV: &str = "TAPIS_WEBODM_SYNC_WEBODM_PASSWORD";
+/// Environment variable holding the SMTP password when `notify.smtp_username` is set and no
+/// `smtp_password`/`smtp_password_file` is.
+pub const SMTP_PASSWORD_ENV: &str = "TAPIS_WEBODM_SYNC_SMTP_PASSWORD";
 
 /// Where the config file is: the flag, else `$TAPIS_WEBODM_SYNC_CONFIG`, else the default.
 pub fn locate(flag: Option<&Path>) -> PathBuf {
