@@ -318,6 +318,25 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
     EXIT_OK
 }
 
+/// `status --admin-token`: the running daemon's token for `POST /pass`.
+pub async fn admin_token(flag: Option<PathBuf>) -> u8 {
+    let (_, config) = or_exit!(load(flag));
+    let dir = &config.sync.state_dir;
+    match crate::service::admin::read_token(dir) {
+        Ok(token) => {
+            println!("{}", token.expose());
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot read {}: {e}\nhint: the daemon writes it at start when `[admin] listen` is set, and removes it when it stops",
+                crate::service::admin::token_path(dir).display()
+            );
+            EXIT_ERRORS
+        }
+    }
+}
+
 /// One row of `systems`.
 #[derive(Debug, Serialize)]
 pub struct SystemRow {

@@ -59,6 +59,9 @@ enum Command {
         /// Print as JSON on stdout
         #[arg(long)]
         json: bool,
+        /// Print only the running daemon's admin token (for `POST /pass` on the admin endpoint)
+        #[arg(long, conflicts_with = "json")]
+        admin_token: bool,
     },
     /// List the Tapis systems matching `tapis.system_pattern`, and which are skipped and why
     Systems {
@@ -124,7 +127,10 @@ fn main() -> ExitCode {
                 systems,
                 json,
             } => cli::once(path, true, full, systems, json).await,
-            Command::Status { json } => cli::status(path, json).await,
+            Command::Status {
+                admin_token: true, ..
+            } => cli::admin_token(path).await,
+            Command::Status { json, .. } => cli::status(path, json).await,
             Command::Systems { json } => cli::systems(path, json).await,
             Command::Flights { systems, json } => cli::flights(path, systems, json).await,
             Command::Forget { system, flight } => cli::forget(path, system, flight).await,

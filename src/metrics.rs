@@ -38,6 +38,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// `{channel}` of a notification.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// `email` or `webhook`.
+    pub channel: String,
+}
+
 /// Every metric of the process.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +57,10 @@ pub struct Metrics {
     retries: Counter,
     last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     last_pass: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pass_interval: Gauge<f64, std::sync::atomic::AtomicU64>,
+    flights_stuck: Gauge,
+    notifications_sent: Family<ChannelLabels, Counter>,
+    notifications_failed: Family<ChannelLabels, Counter>,
     known_phases: Mutex<Vec<String>>,
     started: Instant,
     heartbeat_ms: AtomicU64,
@@ -118,8 +129,36 @@ impl Metrics {
             "Unix time the last pass finished",
             last_pass.clone(),
         );
+        let pass_interval = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "pass_interval_seconds",
+            "The configured time between passes (sync.interval)",
+            pass_interval.clone(),
+        );
+        let flights_stuck = Gauge::default();
+        registry.register(
+            "flights_stuck",
+            "Flights failing with the same error for longer than notify.stuck_after",
+            flights_stuck.clone(),
+        );
+        let notifications_sent = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "notifications_sent",
+            "Notifications delivered, by channel (a digest mail counts once)",
+            notifications_sent.clone(),
+        );
+        let notifications_failed = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "notifications_failed",
+            "Notifications given up after every retry, by channel",
+            notifications_failed.clone(),
+        );
         Metrics {
             registry,
+            pass_interval,
+            flights_stuck,
+            notifications_sent,
+            notifications_failed,
             passes,
             pass_duration,
             flights,
@@ -201,6 +240,16 @@ impl Metrics {
         }
     }
 
+    /// Sets the configured time between passes.
+    pub fn set_pass_interval(&self, interval: Duration) {
+        self.pass_interval.set(interval.as_secs_f64());
+    }
+
+    /// Sets how many flights are stuck (the same error for longer than `stuck_after`).
+    pub fn set_flights_stuck(&self, n: i64) {
+        self.flights_stuck.set(n);
+    }
+
     /// Time since the loop last showed progress.
     pub fn heartbeat_age(&self) -> Duration {
         let now = self.started.elapsed().as_millis() as u64;
@@ -244,4 +293,34 @@ pub fn image_uploaded(bytes: u64) {
     m.images_uploaded.inc();
     m.bytes_uploaded.inc_by(bytes);
     beat();
+}
+
+/// Counts a notification delivered on `channel`.
+pub fn notification_sent(channel: &str) {
+    global()
+        .notifications_sent
+        .get_or_create(&ChannelLabels {
+            channel: channel.to_string(),
+        })
+        .inc();
+}
+
+/// Counts a notification given up on `channel`.
+pub fn notification_failed(channel: &str) {
+    global()
+        .notifications_failed
+        .get_or_create(&ChannelLabels {
+            channel: channel.to_string(),
+        })
+        .inc();
+}
+
+/// Makes the sent and failed series of `channel` appear (at 0) before its first notification.
+pub fn notification_channel(channel: &str) {
+    let labels = ChannelLabels {
+        channel: channel.to_string(),
+    };
+    let m = global();
+    let _ = m.notifications_sent.get_or_create(&labels);
+    let _ = m.notifications_failed.get_or_create(&labels);
 }

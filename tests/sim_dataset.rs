@@ -13,9 +13,9 @@ fn demo_dataset_expected_flights() {
         .iter()
         .map(|f| (f.system_id.as_str(), f.flight.as_str()))
         .collect();
-    assert_eq!(keys.len(), 10, "{keys:?}");
+    assert_eq!(keys.len(), 11, "{keys:?}");
     let e = d.expected();
-    assert_eq!(e.flights, 10);
+    assert_eq!(e.flights, 11);
     assert_eq!(
         e.images,
         flights.iter().map(|f| f.images.len() as u64).sum::<u64>()
@@ -62,6 +62,11 @@ fn demo_dataset_expected_flights() {
             "IMG_0004.Jpg"
         ]
     );
+    let hostile = flights
+        .iter()
+        .find(|f| f.flight == tapis_webodm_sync::sim::HOSTILE_FLIGHT)
+        .unwrap();
+    assert_eq!(hostile.images.len(), 2);
     let extras = flights
         .iter()
         .find(|f| f.flight == "Flight Extras")

@@ -85,6 +85,17 @@ pub enum ApiError {
         /// Bytes received so far.
         got: u64,
     },
+    /// The server refused the request for good (e.g. a permanent SMTP 5xx reply): trying
+    /// again will not help.
+    #[error("{service} {op}: refused: {detail}")]
+    Rejected {
+        /// `SMTP`, `webhook`, …
+        service: &'static str,
+        /// What was asked.
+        op: String,
+        /// The server's answer.
+        detail: String,
+    },
     /// The client could not be set up (bad base URL, TLS initialisation).
     #[error("{service}: cannot set up the client: {detail}")]
     Setup {
@@ -115,6 +126,7 @@ impl ApiError {
             ApiError::Decode { .. }
             | ApiError::Auth { .. }
             | ApiError::Overlong { .. }
+            | ApiError::Rejected { .. }
             | ApiError::Setup { .. } => false,
         }
     }

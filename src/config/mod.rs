@@ -32,6 +32,9 @@ pub const TAPIS_PASSWORD_ENV: &str = "TAPIS_WEBODM_SYNC_TAPIS_PASSWORD";
 pub const TAPIS_CLIENT_KEY_ENV: &str = "TAPIS_WEBODM_SYNC_TAPIS_CLIENT_KEY";
 /// Environment variable holding the WebODM password when no `password`/`password_file` is set.
 pub const WEBODM_PASSWORD_ENV: &str = "TAPIS_WEBODM_SYNC_WEBODM_PASSWORD";
+/// Environment variable holding the SMTP password when `notify.smtp_username` is set and no
+/// `smtp_password`/`smtp_password_file` is.
+pub const SMTP_PASSWORD_ENV: &str = "TAPIS_WEBODM_SYNC_SMTP_PASSWORD";
 
 /// Where the config file is: the flag, else `$TAPIS_WEBODM_SYNC_CONFIG`, else the default.
 pub fn locate(flag: Option<&Path>) -> PathBuf {
@@ -223,6 +226,55 @@ password = "pw2"
     fn option_numbers_are_sent_as_strings() {
         assert_eq!(OptionValue::Int(3).to_json(), serde_json::json!("3"));
         assert_eq!(OptionValue::Bool(true).to_json(), serde_json::json!(true));
+    }
+
+    #[test]
+    fn notify_problems_are_reported_together() {
+        let text = format!(
+            "{MIN}\n[notify]\nemail_to = [\"not an address\"]\nformat = \"slack\"\n\
+             smtp_password = \"x\"\nstuck_after = \"0s\"\n"
+        );
+        let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+        for k in [
+            "notify.smtp_url",
+            "notify.from",
+            "notify.email_to",
+            "notify.format",
+            "notify.stuck_after",
+            "notify.smtp_username",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn notify_secrets_resolve_and_the_webhook_path_is_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("smtp-pw"), "s3cret-smtp\n").unwrap();
+        std::fs::write(dir.path().join("hook-key"), "s3cret-hook").unwrap();
+        let text = format!(
+            "{MIN}\n[notify]\nsmtp_url = \"smtps://mail.example.org\"\nsmtp_username = \"u\"\n\
+             smtp_password_file = \"smtp-pw\"\nfrom = \"Sync <sync@example.org>\"\n\
+             email_to = [\"ops@example.org\"]\nwebhook = \"https://hooks.example.org/T/s3cret-path\"\n\
+             webhook_secret_file = \"hook-key\"\n"
+        );
+        let c = Config::from_toml(&text, &dir.path().join("config.toml")).unwrap();
+        let n = &c.notify;
+        assert!(n.enabled() && n.email_enabled());
+        assert_eq!(
+            n.resolved_smtp_password.as_ref().map(|s| s.expose()),
+            Some("s3cret-smtp")
+        );
+        assert_eq!(
+            n.resolved_webhook_secret.as_ref().map(|s| s.expose()),
+            Some("s3cret-hook")
+        );
+        let shown = format!("{c:?} {}", toml::to_string(&c).unwrap());
+        assert!(!toml::to_string(&c).unwrap().contains("s3cret"), "{shown}");
+        assert!(toml::to_string(&c)
+            .unwrap()
+            .contains("webhook = \"https://hooks.example.org/<redacted>\""));
+        assert_eq!(c.webodm.link_base().as_str(), "http://127.0.0.1:8000/");
     }
 
     #[test]

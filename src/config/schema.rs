@@ -41,6 +41,9 @@ pub struct Config {
     /// Admin endpoint.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Notifications (email, webhook); off while nothing is set.
+    #[serde(default)]
+    pub notify: NotifyConfig,
     /// Problems that do not stop the daemon (group/other-readable secret files, plain `http://`
     /// to another host); shown by `check-config` and at startup.
     #[serde(skip)]
@@ -206,6 +209,10 @@ impl Default for LayoutConfig {
 pub struct WebodmConfig {
     /// WebODM base URL, e.g. `http://127.0.0.1:8000`.
     pub base_url: Url,
+    /// WebODM's URL as people reach it, for links on the status page and in notifications
+    /// (default: `base_url`).
+    #[serde(default)]
+    pub public_url: Option<Url>,
     /// Account that owns the created projects.
     pub username: String,
     /// Inline password (prefer `password_file` or the environment).
@@ -236,6 +243,13 @@ pub struct WebodmConfig {
     /// The certificates read from `ca_file` (not a key of the file).
     #[serde(skip)]
     pub ca: CaBundle,
+}
+
+impl WebodmConfig {
+    /// The URL people use to reach WebODM: `public_url`, else `base_url`.
+    pub fn link_base(&self) -> &Url {
+        self.public_url.as_ref().unwrap_or(&self.base_url)
+    }
 }
 
 /// Extra trusted CA certificates (PEM), read and checked when the config is loaded.
@@ -508,6 +522,138 @@ pub struct AdminConfig {
     pub listen: Option<std::net::SocketAddr>,
 }
 
+/// How notification mails are grouped.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailMode {
+    /// One mail per event.
+    #[default]
+    Each,
+    /// One mail per pass with every event of that pass.
+    Digest,
+}
+
+/// The body a webhook receives.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// One JSON object per event (see README).
+    #[default]
+    Json,
+    /// A Slack/Mattermost incoming webhook: `{"text": …}`.
+    Slack,
+}
+
+/// `[notify]`: who is told about flights and passes; off while neither `email_to` nor
+/// `webhook` is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `smtp://host:587` (STARTTLS) or `smtps://host:465` (implicit TLS).
+    #[serde(default)]
+    pub smtp_url: Option<Url>,
+    /// SMTP account; the password then comes from `smtp_password_file`, `smtp_password` or
+    /// the environment.
+    #[serde(default)]
+    pub smtp_username: Option<String>,
+    /// Inline SMTP password (prefer `smtp_password_file`).
+    #[serde(default)]
+    pub smtp_password: Option<Secret>,
+    /// File holding the SMTP password.
+    #[serde(default)]
+    pub smtp_password_file: Option<PathBuf>,
+    /// PEM bundle of extra CA certificates trusted for the SMTP server, on top of the OS
+    /// trust store.
+    #[serde(default)]
+    pub smtp_ca_file: Option<PathBuf>,
+    /// Sender address, e.g. `tapis-webodm-sync <noreply@example.org>`.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Recipients of notification mails.
+    #[serde(default)]
+    pub email_to: Vec<String>,
+    /// One mail per event or one digest per pass.
+    #[serde(default)]
+    pub email_mode: EmailMode,
+    /// URL receiving a POST per event (treated as a secret: its path is never printed).
+    #[serde(default, serialize_with = "redact_url")]
+    pub webhook: Option<Url>,
+    /// File holding the key of the `X-Tapis-Webodm-Sync-Signature` HMAC-SHA256 header.
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// The webhook's body format.
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// A flight failing with the same error for this long is reported as stuck.
+    #[serde(default = "default_stuck_after", with = "humantime_serde")]
+    pub stuck_after: Duration,
+    /// Notifications sent per second at most (mails and webhook calls together).
+    #[serde(default = "default_notify_rps")]
+    pub requests_per_second: u32,
+    /// Resolved SMTP password (not a key of the file).
+    #[serde(skip)]
+    pub resolved_smtp_password: Option<Secret>,
+    /// Resolved webhook key (not a key of the file).
+    #[serde(skip)]
+    pub resolved_webhook_secret: Option<Secret>,
+    /// The certificates read from `smtp_ca_file` (not a key of the file).
+    #[serde(skip)]
+    pub smtp_ca: CaBundle,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            smtp_url: None,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_password_file: None,
+            smtp_ca_file: None,
+            from: None,
+            email_to: vec![],
+            email_mode: EmailMode::Each,
+            webhook: None,
+            webhook_secret_file: None,
+            format: WebhookFormat::Json,
+            stuck_after: default_stuck_after(),
+            requests_per_second: default_notify_rps(),
+            resolved_smtp_password: None,
+            resolved_webhook_secret: None,
+            smtp_ca: CaBundle::default(),
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// Whether mails are configured.
+    pub fn email_enabled(&self) -> bool {
+        !self.email_to.is_empty()
+    }
+
+    /// Whether anything is to be notified.
+    pub fn enabled(&self) -> bool {
+        self.email_enabled() || self.webhook.is_some()
+    }
+}
+
+/// Shows a URL without its path, query or credentials (webhook URLs carry tokens in the path).
+fn redact_url<S: serde::Serializer>(url: &Option<Url>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        None => s.serialize_none(),
+        Some(u) => s.serialize_str(&format!(
+            "{}://{}/<redacted>",
+            u.scheme(),
+            u.host_str().unwrap_or_default()
+        )),
+    }
+}
+
+fn default_stuck_after() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_notify_rps() -> u32 {
+    2
+}
 fn default_system_pattern() -> String {
     "ptdatax.project.*".into()
 }

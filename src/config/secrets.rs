@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::validate::problem;
 use super::{
-    CaBundle, Config, Problem, TapisAuth, TAPIS_CLIENT_KEY_ENV, TAPIS_PASSWORD_ENV,
-    WEBODM_PASSWORD_ENV,
+    CaBundle, Config, Problem, TapisAuth, SMTP_PASSWORD_ENV, TAPIS_CLIENT_KEY_ENV,
+    TAPIS_PASSWORD_ENV, WEBODM_PASSWORD_ENV,
 };
 
 /// A secret string: printed, logged and serialized only as `<redacted>`.
@@ -109,6 +109,29 @@ impl Config {
         ) {
             w.resolved_password = p;
         }
+        let n = &mut self.notify;
+        if n.smtp_username.is_some() {
+            n.resolved_smtp_password = resolve_one(
+                "notify.smtp_password",
+                n.smtp_password.take(),
+                n.smtp_password_file.as_deref(),
+                SMTP_PASSWORD_ENV,
+                base,
+                &mut out,
+            );
+        } else if n.smtp_password.is_some() || n.smtp_password_file.is_some() {
+            out.push(problem(
+                "notify.smtp_username",
+                "missing: an SMTP password is set, so name the account it belongs to".into(),
+            ));
+        }
+        n.smtp_password = None;
+        if let Some(file) = &n.webhook_secret_file {
+            match read_secret_file(base, file) {
+                Ok(s) => n.resolved_webhook_secret = Some(s),
+                Err(message) => out.push(problem("notify.webhook_secret_file", message)),
+            }
+        }
         out
     }
 
@@ -118,6 +141,11 @@ impl Config {
         for (key, file, ca) in [
             ("tapis.ca_file", &self.tapis.ca_file, &mut self.tapis.ca),
             ("webodm.ca_file", &self.webodm.ca_file, &mut self.webodm.ca),
+            (
+                "notify.smtp_ca_file",
+                &self.notify.smtp_ca_file,
+                &mut self.notify.smtp_ca,
+            ),
         ] {
             if let Some(file) = file {
                 match read_ca_file(base, file) {
@@ -138,6 +166,14 @@ pub(super) fn secret_file_warnings(config: &Config, base: &Path) -> Vec<Problem>
         ("tapis.client_key_file", &t.client_key_file),
         ("tapis.token_file", &t.token_file),
         ("webodm.password_file", &config.webodm.password_file),
+        (
+            "notify.smtp_password_file",
+            &config.notify.smtp_password_file,
+        ),
+        (
+            "notify.webhook_secret_file",
+            &config.notify.webhook_secret_file,
+        ),
     ];
     let mut out = Vec::new();
     for (key, file) in files {

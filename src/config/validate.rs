@@ -178,6 +178,117 @@ impl Config {
                 bad("tapis.systems", "system ids must not be empty".into());
             }
         }
+        if let Some(url) = &self.webodm.public_url {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                bad(
+                    "webodm.public_url",
+                    format!("`{url}` is not an http(s) URL"),
+                );
+            }
+        }
+        out.extend(self.validate_notify());
+        out
+    }
+
+    /// The checks of `[notify]`.
+    fn validate_notify(&self) -> Vec<Problem> {
+        let n = &self.notify;
+        let mut out = Vec::new();
+        let mut bad = |key: &str, message: String| out.push(problem(key, message));
+        if let Some(url) = &n.smtp_url {
+            if !matches!(url.scheme(), "smtp" | "smtps") || url.host().is_none() {
+                bad(
+                    "notify.smtp_url",
+                    format!(
+                        "`{}://{}…` must be smtp://host[:port] (STARTTLS) or smtps://host[:port] \
+                         (implicit TLS)",
+                        url.scheme(),
+                        url.host_str().unwrap_or_default()
+                    ),
+                );
+            }
+            if url.password().is_some() || !url.username().is_empty() {
+                bad(
+                    "notify.smtp_url",
+                    "must not hold credentials: use `smtp_username` and `smtp_password_file`"
+                        .into(),
+                );
+            }
+        }
+        if n.email_to.is_empty() {
+            for (key, set) in [
+                ("notify.smtp_url", n.smtp_url.is_some()),
+                ("notify.from", n.from.is_some()),
+            ] {
+                if set {
+                    bad(
+                        key,
+                        "is set but `notify.email_to` is empty: name the recipients".into(),
+                    );
+                }
+            }
+        } else {
+            if n.smtp_url.is_none() {
+                bad(
+                    "notify.smtp_url",
+                    "missing: `email_to` is set, so name the SMTP server (smtp://host:587 or \
+                     smtps://host:465)"
+                        .into(),
+                );
+            }
+            if n.from.is_none() {
+                bad(
+                    "notify.from",
+                    "missing: `email_to` is set, so name the sender address".into(),
+                );
+            }
+        }
+        for (key, addr) in n
+            .email_to
+            .iter()
+            .map(|a| ("notify.email_to", a))
+            .chain(n.from.iter().map(|a| ("notify.from", a)))
+        {
+            if addr.parse::<lettre::message::Mailbox>().is_err() {
+                bad(
+                    key,
+                    format!("`{addr}` is not a mail address (like `ops@example.org` or `Ops <ops@example.org>`)"),
+                );
+            }
+        }
+        if n.smtp_username
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            bad("notify.smtp_username", "must not be empty".into());
+        }
+        if let Some(url) = &n.webhook {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                bad(
+                    "notify.webhook",
+                    format!("`{}://…` is not an http(s) URL", url.scheme()),
+                );
+            }
+        } else {
+            if n.webhook_secret_file.is_some() {
+                bad(
+                    "notify.webhook_secret_file",
+                    "is set but `notify.webhook` is not".into(),
+                );
+            }
+            if n.format == super::WebhookFormat::Slack {
+                bad(
+                    "notify.format",
+                    "is \"slack\" but `notify.webhook` is not set".into(),
+                );
+            }
+        }
+        if n.stuck_after.is_zero() {
+            bad("notify.stuck_after", "must be longer than 0s".into());
+        }
+        if n.requests_per_second == 0 {
+            bad("notify.requests_per_second", "must be at least 1".into());
+        }
         out
     }
 

@@ -1,7 +1,8 @@
 //! The observed state: what the daemon created in WebODM, kept in an embedded sled store.
 //!
 //! Trees: `flights` (one [`FlightRecord`] per flight), `images` (one [`UploadedImage`] per image
-//! WebODM confirmed), `intents` (creates that may have happened) and `meta` (schema version).
+//! WebODM confirmed), `intents` (creates that may have happened), `notifications` (what was
+//! notified, as records the notifier defines) and `meta` (schema version).
 //! Every record that must survive a crash is flushed before the call that depends on it returns.
 //! One process owns a state dir at a time: [`Store::open`] takes an exclusive lock on
 //! `<state_dir>/lock` and names the holder's pid when it is taken.
@@ -313,6 +314,7 @@ pub struct Store {
     flights: sled::Tree,
     images: sled::Tree,
     intents: sled::Tree,
+    notifications: sled::Tree,
     flushes: Flushes,
     _lock: File,
 }
@@ -366,6 +368,7 @@ impl Store {
             flights: db.open_tree("flights")?,
             images: db.open_tree("images")?,
             intents: db.open_tree("intents")?,
+            notifications: db.open_tree("notifications")?,
             flushes: Flushes::default(),
             db,
             _lock: lock,
@@ -479,6 +482,41 @@ impl Store {
             .iter()
             .values()
             .map(|v| decode(&v?, "intents"))
+            .collect()
+    }
+
+    /// The notification record stored under `id`, if any.
+    pub fn notification<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &str,
+    ) -> Result<Option<T>, StateError> {
+        self.notifications
+            .get(id.as_bytes())?
+            .map(|v| decode(&v, &format!("notification {id:?}")))
+            .transpose()
+    }
+
+    /// Stores a notification record under `id` (not flushed: sled writes it out within
+    /// 500 ms, and a flush on shutdown covers the rest).
+    pub fn put_notification<T: Serialize>(&self, id: &str, record: &T) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(record).expect("records serialize");
+        self.notifications.insert(id.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Every notification record whose id starts with `prefix`, ordered by id.
+    pub fn notifications<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StateError> {
+        self.notifications
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                let id = String::from_utf8_lossy(&k).into_owned();
+                let rec = decode(&v, &format!("notification {id:?}"))?;
+                Ok((id, rec))
+            })
             .collect()
     }
 
@@ -652,6 +690,29 @@ mod tests {
             .expect("flushes finish")
             .unwrap();
         assert_eq!(store.uploaded_images(&key).unwrap().len(), 256);
+    }
+
+    #[tokio::test]
+    async fn notification_records_survive_reopen_and_scan_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_notification("flight/a/committed", &1u32).unwrap();
+            store.put_notification("flight/b/committed", &2u32).unwrap();
+            store.put_notification("daemon/passes", &3u32).unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.notification::<u32>("daemon/passes").unwrap(), Some(3));
+        assert_eq!(store.notification::<u32>("nope").unwrap(), None);
+        let flights: Vec<(String, u32)> = store.notifications("flight/").unwrap();
+        assert_eq!(
+            flights,
+            vec![
+                ("flight/a/committed".to_string(), 1),
+                ("flight/b/committed".to_string(), 2)
+            ]
+        );
     }
 
     #[test]

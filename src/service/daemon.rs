@@ -7,7 +7,7 @@
 //! admin endpoint, and writes the status snapshot.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,15 +38,18 @@ pub enum RunError {
     Admin(String),
 }
 
-/// What the signal listener asks of the loop.
+/// What the signal listener and the admin endpoint ask of the loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Event {
+pub enum Event {
     /// SIGTERM/SIGINT (the `stopping` flag is already set).
     Stop,
     /// SIGHUP.
     Reload,
-    /// SIGUSR1.
-    PassNow,
+    /// A pass now: SIGUSR1 or `POST /pass` (`from` names which, for the log).
+    PassNow {
+        /// `SIGUSR1` or `POST /pass`.
+        from: &'static str,
+    },
 }
 
 /// Status snapshots are written this often while a pass runs.
@@ -66,15 +69,35 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
     let mut clients = Clients::new(&config)?;
     let stopping = Arc::new(AtomicBool::new(false));
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let signals = listen_for_signals(stopping.clone(), events_tx, config.sync.shutdown_timeout)
-        .map_err(RunError::Signals)?;
+    let signals = listen_for_signals(
+        stopping.clone(),
+        events_tx.clone(),
+        config.sync.shutdown_timeout,
+    )
+    .map_err(RunError::Signals)?;
+    let token = match config.admin.listen {
+        Some(_) => crate::service::admin::write_token(store.dir()).map_err(|e| {
+            RunError::Admin(format!(
+                "cannot write the admin token {}: {e}",
+                crate::service::admin::token_path(store.dir()).display()
+            ))
+        })?,
+        None => Default::default(),
+    };
     let shared = Arc::new(crate::service::admin::Shared {
         store: store.clone(),
         interval: Mutex::new(config.sync.interval),
         started_ms: now_ms(),
-        last_pass: Mutex::new(None),
+        passes: Mutex::default(),
+        next_pass_ms: AtomicI64::new(0),
         stall_limit: Mutex::new(sd_notify::stall_limit(&config)),
+        stuck_after: Mutex::new(config.notify.stuck_after),
+        webodm_url: Mutex::new(config.webodm.link_base().clone()),
+        token,
+        events: events_tx,
     });
+    crate::metrics::global().set_pass_interval(config.sync.interval);
+    let notifier = crate::service::notifications::Notifier::start(&config, store.clone());
     let admin = match config.admin.listen {
         Some(listen) => Some(
             crate::service::admin::serve(listen, shared.clone())
@@ -110,8 +133,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
                     _ = snapshots.tick() => write_snapshot(&shared),
                     Some(ev) = events.recv() => match ev {
                         Event::Reload => pending_reload = true,
-                        Event::PassNow => {
-                            info!("SIGUSR1 during a pass: another pass follows right after it");
+                        Event::PassNow { from } => {
+                            info!("{from} during a pass: another pass follows right after it");
                             pending_pass = true;
                         }
                         Event::Stop => {}
@@ -121,7 +144,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
         };
         match finished {
             Some(report) => {
-                record_pass(&shared, &report.summary);
+                record_pass(&shared, &report.summary, config.sync.interval);
+                if let Some(n) = &notifier {
+                    n.after_pass(&report.summary);
+                }
                 drop(report);
                 release_freed_memory();
             }
@@ -148,6 +174,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
                     *shared.interval.lock().expect("interval lock") = config.sync.interval;
                     *shared.stall_limit.lock().expect("stall lock") =
                         sd_notify::stall_limit(&config);
+                    *shared.webodm_url.lock().expect("url lock") =
+                        config.webodm.link_base().clone();
+                    crate::metrics::global().set_pass_interval(config.sync.interval);
+                    shared.next_pass_ms.store(
+                        now_ms() + (next - tokio::time::Instant::now()).as_millis() as i64,
+                        Ordering::SeqCst,
+                    );
                     sd_notify::ready(&format!(
                         "config reloaded; {}",
                         last_status(&shared).unwrap_or_else(|| "no pass finished yet".into())
@@ -161,10 +194,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
             }
             if pending_pass || stopping.load(Ordering::SeqCst) {
                 pending_pass = false;
+                shared.next_pass_ms.store(0, Ordering::SeqCst);
                 break;
             }
             let now = tokio::time::Instant::now();
             if now >= next {
+                shared.next_pass_ms.store(0, Ordering::SeqCst);
                 break;
             }
             crate::metrics::beat();
@@ -172,8 +207,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
                 _ = tokio::time::sleep((next - now).min(IDLE_TICK)) => {}
                 Some(ev) = events.recv() => match ev {
                     Event::Reload => pending_reload = true,
-                    Event::PassNow => {
-                        info!("SIGUSR1: starting a pass now");
+                    Event::PassNow { from } => {
+                        info!("{from}: starting a pass now");
                         pending_pass = true;
                     }
                     Event::Stop => {}
@@ -182,10 +217,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), RunError> {
         }
     }
     sd_notify::stopping("stopping: flushing the state store");
+    if let Some(n) = notifier {
+        n.shutdown().await;
+    }
     let flushed = store.flush().await;
     write_snapshot(&shared);
     if let Some(admin) = admin {
         admin.shutdown().await;
+        let _ = std::fs::remove_file(crate::service::admin::token_path(store.dir()));
     }
     if let Some(w) = watchdog {
         w.abort();
@@ -209,24 +248,30 @@ fn release_freed_memory() {
     }
 }
 
-fn record_pass(shared: &crate::service::admin::Shared, summary: &PassSummary) {
+fn record_pass(shared: &crate::service::admin::Shared, summary: &PassSummary, interval: Duration) {
     let end = now_ms();
     crate::metrics::global().pass_finished(
         summary.errors.is_empty(),
         Duration::from_millis(summary.duration_ms),
         end,
     );
-    *shared.last_pass.lock().expect("last pass lock") = Some(crate::service::status::LastPass {
-        finished_at: crate::engine::state::rfc3339(end),
-        summary: summary.clone(),
-    });
+    crate::service::status::push_pass(
+        &mut shared.passes.lock().expect("passes lock"),
+        crate::service::status::LastPass {
+            finished_at: crate::engine::state::rfc3339(end),
+            errors_total: summary.errors.len(),
+            summary: summary.clone(),
+        },
+    );
+    shared
+        .next_pass_ms
+        .store(end + interval.as_millis() as i64, Ordering::SeqCst);
     sd_notify::status(&sd_notify::pass_status(summary, end));
     write_snapshot(shared);
 }
 
 fn last_status(shared: &crate::service::admin::Shared) -> Option<String> {
-    let last = shared.last_pass.lock().expect("last pass lock");
-    last.as_ref().map(|p| {
+    shared.last_pass().map(|p| {
         let end = humantime::parse_rfc3339(&p.finished_at)
             .map(crate::engine::state::to_ms)
             .unwrap_or_else(|_| now_ms());
@@ -237,11 +282,9 @@ fn last_status(shared: &crate::service::admin::Shared) -> Option<String> {
 /// Writes `<state_dir>/status.json` and refreshes the flights-by-phase gauge; failures are
 /// logged, never fatal.
 fn write_snapshot(shared: &crate::service::admin::Shared) {
-    let last = shared.last_pass.lock().expect("last pass lock").clone();
-    match crate::service::status::snapshot(&shared.store, last) {
+    match shared.snapshot() {
         Ok(snap) => {
-            let counts = crate::service::status::phase_counts(&snap.flights);
-            crate::metrics::global().set_flights(counts.iter().map(|(k, v)| (k.as_str(), *v)));
+            crate::service::admin::refresh_flight_gauges(shared, &snap.flights);
             if let Err(e) = crate::service::status::write_snapshot(shared.store.dir(), &snap) {
                 warn!(error = %e, "cannot write the status snapshot; `status` shows an older one");
             }
@@ -276,6 +319,9 @@ fn reload_config(path: &Path, old: &Config) -> Option<(Config, Clients)> {
     }
     if new.log.format != old.log.format || new.log.level != old.log.level {
         warn!("[log] changed: it takes effect at the next restart");
+    }
+    if toml::to_string(&new.notify).ok() != toml::to_string(&old.notify).ok() {
+        warn!("[notify] changed: it takes effect at the next restart");
     }
     match Clients::new(&new) {
         Ok(clients) => {
@@ -320,7 +366,7 @@ fn listen_for_signals(
                     info!("SIGHUP: reloading the config");
                     Event::Reload
                 }
-                _ => Event::PassNow,
+                _ => Event::PassNow { from: "SIGUSR1" },
             };
             let _ = events.send(event);
         }

@@ -45,6 +45,12 @@ pub struct StatusRow {
     /// listed again once per `sync.recheck_committed`.
     #[serde(default)]
     pub last_checked_at: Option<String>,
+    /// Since when `last_error` has been the same (RFC 3339).
+    #[serde(default)]
+    pub error_since: Option<String>,
+    /// WebODM users and groups the project is shared with.
+    #[serde(default)]
+    pub shared_with: Vec<String>,
 }
 
 impl StatusRow {
@@ -70,7 +76,24 @@ impl StatusRow {
             next_attempt_at: r.next_attempt_ms.map(crate::engine::state::rfc3339),
             listing_error: r.listing_error.clone(),
             last_checked_at: r.last_checked_ms.map(crate::engine::state::rfc3339),
+            error_since: r
+                .last_error
+                .as_ref()
+                .and(r.error_since_ms)
+                .map(crate::engine::state::rfc3339),
+            shared_with: Vec::new(),
         }
+    }
+
+    /// Whether the flight has failed the same way for longer than `stuck_after` at `now_ms`.
+    pub fn is_stuck(&self, stuck_after: std::time::Duration, now_ms: i64) -> bool {
+        self.last_error.is_some()
+            && self
+                .error_since
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .map(crate::engine::state::to_ms)
+                .is_some_and(|since| now_ms - since >= stuck_after.as_millis() as i64)
     }
 }
 
@@ -79,17 +102,37 @@ pub fn rows(store: &Store) -> Result<Vec<StatusRow>, StateError> {
     Ok(store.flights()?.iter().map(StatusRow::of).collect())
 }
 
-/// The last finished pass.
+/// A finished pass.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastPass {
     /// When it finished (RFC 3339).
     pub finished_at: String,
+    /// How many errors it had (`summary.errors` may be cut short in the history).
+    #[serde(default)]
+    pub errors_total: usize,
     /// What it did.
     #[serde(flatten)]
     pub summary: PassSummary,
 }
 
-/// `<state_dir>/status.json`.
+/// Errors and created projects kept per pass once it is no longer the newest.
+const HISTORY_ITEMS: usize = 10;
+
+/// Adds a finished pass to the history (newest first, at most [`PASS_HISTORY`]); older passes
+/// keep only their first errors and created projects, so the history stays small.
+pub fn push_pass(history: &mut std::collections::VecDeque<LastPass>, pass: LastPass) {
+    if let Some(prev) = history.front_mut() {
+        prev.summary.errors.truncate(HISTORY_ITEMS);
+        prev.summary.created_projects.truncate(HISTORY_ITEMS);
+    }
+    history.push_front(pass);
+    history.truncate(PASS_HISTORY);
+}
+
+/// Finished passes kept for the status page (newest first).
+pub const PASS_HISTORY: usize = 20;
+
+/// `<state_dir>/status.json`, and what the status page shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// The daemon that wrote it.
@@ -98,6 +141,12 @@ pub struct Snapshot {
     pub written_at: String,
     /// The last finished pass, if any.
     pub last_pass: Option<LastPass>,
+    /// The last [`PASS_HISTORY`] finished passes, newest first.
+    #[serde(default)]
+    pub passes: Vec<LastPass>,
+    /// When the next pass is due (RFC 3339); `None` while one runs.
+    #[serde(default)]
+    pub next_pass_at: Option<String>,
     /// Every flight.
     pub flights: Vec<StatusRow>,
 }
@@ -124,12 +173,19 @@ pub fn read_snapshot(state_dir: &Path) -> std::io::Result<Snapshot> {
     serde_json::from_slice(&text).map_err(std::io::Error::other)
 }
 
-/// Builds a snapshot from the store.
-pub fn snapshot(store: &Store, last_pass: Option<LastPass>) -> Result<Snapshot, StateError> {
+/// Builds a snapshot from the store, the passes kept (newest first) and when the next pass is
+/// due (unix ms; `None` while one runs).
+pub fn snapshot(
+    store: &Store,
+    passes: &[LastPass],
+    next_pass_ms: Option<i64>,
+) -> Result<Snapshot, StateError> {
     Ok(Snapshot {
         pid: std::process::id(),
         written_at: crate::engine::state::rfc3339(crate::engine::state::now_ms()),
-        last_pass,
+        last_pass: passes.first().cloned(),
+        passes: passes.to_vec(),
+        next_pass_at: next_pass_ms.map(crate::engine::state::rfc3339),
         flights: rows(store)?,
     })
 }

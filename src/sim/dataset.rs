@@ -13,6 +13,9 @@ use super::util::like_match;
 pub(crate) const TAPIS_USER: &str = "svc-webodm";
 /// The pattern that selects flight systems (the daemon's default `system_pattern`).
 pub(crate) const SYSTEM_PATTERN: &str = "ptdatax.project.*";
+/// A special flight (with `decoys`) whose name holds HTML/markup characters: `<`, `>`, `"`,
+/// `&` and `'`.
+pub const HOSTILE_FLIGHT: &str = "Ridge <North> & \"East\" 'B'";
 /// Folder below a flight that holds its images.
 const IMAGES_DIR: [&str; 2] = ["code", "images"];
 /// 2024-05-01T00:00:00Z: base of every generated modification time.
@@ -432,6 +435,8 @@ impl Dataset {
                     ];
                     let special: Vec<String> = special.iter().map(|s| s.to_string()).collect();
                     top.push(g.flight("Vuelo Año 2", &special, &[], false));
+                    // A name that must be escaped wherever it is shown (HTML, mail, JSON).
+                    top.push(g.flight(HOSTILE_FLIGHT, &img_names(2), &[], false));
                     top.push(g.flight(
                         "Flight Extras",
                         &img_names(3),

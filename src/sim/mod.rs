@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use dataset::{Dataset, DatasetSpec, Expected, ExpectedFlight, ExpectedImage};
+pub use dataset::{Dataset, DatasetSpec, Expected, ExpectedFlight, ExpectedImage, HOSTILE_FLIGHT};
 pub use faults::Faults;
 pub use report::{key_tag, PeakRps, Report, Stats, WebodmReport};
 pub use webodm::{SimProject, SimTask};
