@@ -96,6 +96,7 @@ fn generation_is_deterministic() {
 
     let plain = DatasetSpec {
         decoys: false,
+        companions: false,
         systems: 2,
         flights_per_system: 3,
         images_per_flight: 5,

@@ -33,6 +33,7 @@ fn spec() -> DatasetSpec {
         image_size: 200_000,
         big_flight_images: None,
         decoys: false,
+        companions: false,
     }
 }
 
