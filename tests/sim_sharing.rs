@@ -210,7 +210,10 @@ async fn tapis_share_info_and_dataset_people() {
         .unwrap()
         .contains(&json!("newcomer")));
     let stats = sim.stats();
-    assert_eq!(stats.requests["GET /v3/systems/share/{system}"]["200"], 5 + 2);
+    assert_eq!(
+        stats.requests["GET /v3/systems/share/{system}"]["200"],
+        5 + 2
+    );
     sim.shutdown().await;
 }
 

@@ -1124,9 +1124,19 @@ fn asset(sh: &Arc<Shared>, params: &[String], head: bool, cut: Option<Cut>) -> R
                 .fetch_add(take, Ordering::Relaxed);
             Some(Ok::<_, std::io::Error>(chunk.slice(..take as usize)))
         });
-        match cut.and_then(|c| c.reset) {
+        match cut.map(|c| c.reset) {
             None => Body::from_stream(stream::iter(chunks)),
-            Some(reset) => {
+            // Short of the Content-Length: what was sent leaves, then the connection closes.
+            Some(None) => Body::from_stream(
+                stream::iter(chunks).chain(
+                    stream::once(async {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        None
+                    })
+                    .filter_map(std::future::ready),
+                ),
+            ),
+            Some(Some(reset)) => {
                 Body::from_stream(stream::iter(chunks).chain(stream::once(async move {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     reset.trigger();
