@@ -488,5 +488,16 @@ async fn assets_download_with_content_length_and_stable_bytes() {
     let r = api.download(pid, &tid, "orthophoto.tif").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.bytes().await.is_err(), "a short body is an error");
+    // A reset streams part of the asset, then kills the connection.
+    sim.set_faults(Faults {
+        process_ms: 50,
+        reset_rate: 1.0,
+        ..Faults::default()
+    });
+    let r = api.download(pid, &tid, "orthophoto.tif").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.is_err());
+    let faults = sim.stats().faults_injected;
+    assert_eq!((faults["truncate"], faults["reset"]), (1, 1));
     sim.shutdown().await;
 }
