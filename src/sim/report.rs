@@ -120,7 +120,8 @@ pub struct WebodmReport {
     pub tasks: u64,
     /// Tasks committed (no longer partial).
     pub committed_tasks: u64,
-    /// Images stored, over all tasks.
+    /// Images stored (`.jpg`/`.jpeg` names, any case), over all tasks; companion and other
+    /// files are counted apart.
     pub images: u64,
     /// Bytes of those images.
     pub bytes: u64,
@@ -413,20 +414,6 @@ fn check(source: &[&File], tasks: &[&Task], kind: fn(&str) -> bool) -> (u64, u64
     (corrupt, missing)
 }
 
-/// A task's processing now.
-fn task_report(t: &Task) -> TaskReport {
-    let s = t.to_sim();
-    TaskReport {
-        id: s.id,
-        partial: s.partial,
-        status: s.status,
-        last_error: s.last_error,
-        attempts: s.attempts,
-        restarts: s.restarts,
-        available_assets: s.available_assets,
-    }
-}
-
 /// One flight's task, companion files and result files.
 fn flight_report(
     system: &str,
@@ -436,7 +423,7 @@ fn flight_report(
     written: &Written,
 ) -> FlightReport {
     let tasks: Vec<&Task> = projects.iter().flat_map(|p| &p.tasks).collect();
-    let newest = tasks.last().map(|t| task_report(t));
+    let newest = tasks.last().map(|t| t.report());
     let held = |f: &File| {
         tasks
             .last()
@@ -449,7 +436,7 @@ fn flight_report(
         .map(|(path, file)| {
             let name = path.rsplit('/').next().unwrap_or(&path);
             let asset = tasks.iter().rev().find_map(|t| {
-                let t = task_report(t);
+                let t = t.report();
                 t.available_assets
                     .iter()
                     .any(|a| a == name)

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use super::auth::{Check, Kind};
 use super::faults::Cut;
 use super::processing::{self, Outcome, Processing};
+use super::report::TaskReport;
 use super::sharing::{self, Accounts, Perms};
 use super::util::{
     fmt_time, html_404, json, param, percent_decode, query_pairs, respond, unix, uuid4, TimeFmt,
@@ -179,8 +180,22 @@ impl Task {
         }
     }
 
+    /// Its processing now, for the report.
+    pub fn report(&self) -> TaskReport {
+        let v = self.processing.view();
+        TaskReport {
+            id: self.id.clone(),
+            partial: self.partial,
+            available_assets: self.available_assets(v.completed),
+            status: v.status,
+            last_error: v.last_error,
+            attempts: self.processing.attempts,
+            restarts: self.processing.restarts,
+        }
+    }
+
     /// The public read-back form, with the processing state now.
-    pub fn to_sim(&self) -> SimTask {
+    fn to_sim(&self) -> SimTask {
         let v = self.processing.view();
         SimTask {
             id: self.id.clone(),
