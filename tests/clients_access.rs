@@ -119,7 +119,7 @@ async fn until_status(webodm: &WebodmClient, pid: i64, tid: &str, want: i64) -> 
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let t = webodm.get_task(pid, tid).await.unwrap();
-        if t.status == Some(want) {
+        if t.status == Some(want) && t.pending_action.is_none() {
             return t;
         }
         assert!(Instant::now() < deadline, "status {want} never came: {t:?}");
@@ -335,8 +335,12 @@ async fn processing_fields_restart_and_asset_downloads_into_tapis() {
 
     sim.heal_processing(&f.system_id, &f.flight);
     webodm.restart_task(pid, &task.id).await.unwrap();
+    // Until the worker takes the restart, the old status shows, with last_error cleared.
     let t = webodm.get_task(pid, &task.id).await.unwrap();
-    assert_eq!((t.status, t.pending_action), (None, Some(3)));
+    assert_eq!(
+        (t.status, t.pending_action, t.last_error),
+        (Some(30), Some(3), None)
+    );
     let done = until_status(&webodm, pid, &task.id, 40).await;
     assert_eq!((done.processing_time, done.pending_action), (100, None));
     assert!(done.available_assets.iter().any(|a| a == "dtm.tif"));

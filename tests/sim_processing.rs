@@ -149,13 +149,14 @@ impl Api {
         .await
     }
 
-    /// Polls the task until its status is `want`; every answer seen on the way.
+    /// Polls the task until its status is `want` with no action pending; every answer seen
+    /// on the way.
     async fn until(&self, pid: i64, tid: &str, want: i64) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
         loop {
             let t = self.get(pid, tid).await;
-            let done = t["status"] == want;
+            let done = t["status"] == want && t["pending_action"].is_null();
             seen.push(t);
             if done {
                 return seen;
@@ -258,10 +259,11 @@ async fn failed_tasks_restart_and_a_commit_requeues() {
     sim.fail_processing(system, flight, Some("Cannot process dataset"));
     let (s, v) = api.action(pid, &tid, "restart").await;
     assert_eq!((s, v), (StatusCode::OK, json!({"success": true})));
+    // Until the worker takes it, the task shows its old status, last_error cleared.
     let t = api.get(pid, &tid).await;
     assert_eq!(
-        (&t["status"], &t["pending_action"]),
-        (&Value::Null, &json!(3))
+        (&t["status"], &t["pending_action"], &t["last_error"]),
+        (&json!(30), &json!(3), &Value::Null)
     );
     let t = api.until(pid, &tid, 30).await.pop().unwrap();
     assert_eq!(t["last_error"], "Cannot process dataset");

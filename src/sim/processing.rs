@@ -1,7 +1,9 @@
 //! Simulated processing of committed WebODM tasks, computed from the clock on every read (no
 //! background work): after a commit or `restart/` an attempt starts; its `status` goes null
 //! (waiting for the worker) → 10 QUEUED → 20 RUNNING → 40 COMPLETED or 30 FAILED within
-//! `process_ms`, and `available_assets` is filled in the same transition that sets 40. With
+//! `process_ms`, and `available_assets` is filled in the same transition that sets 40. While a
+//! restart waits for the worker, the task still shows its old status (30, say) with
+//! `last_error` cleared and `pending_action` 3, as WebODM's `restart/` leaves it. With
 //! `process_ms` 0 there is no processing node: `status` stays null until a node appears (a
 //! non-zero `process_ms`), as on a WebODM whose node the daemon's account may not use.
 //! Asset bytes are derived from the task id and the asset name.
@@ -33,7 +35,8 @@ struct Attempt {
     started: Option<Instant>,
     process_ms: u64,
     outcome: Outcome,
-    restart: bool,
+    /// `Some` for a restart: the status the task had when it was asked for.
+    restarted_from: Option<Option<i64>>,
     canceled: bool,
 }
 
@@ -65,11 +68,12 @@ impl Processing {
     pub fn start(&mut self, process_ms: u64, outcome: Outcome, restart: bool) {
         self.attempts += 1;
         self.restarts += u32::from(restart);
+        let restarted_from = restart.then(|| self.view().status);
         self.current = Some(Attempt {
             started: (process_ms > 0).then(Instant::now),
             process_ms,
             outcome,
-            restart,
+            restarted_from,
             canceled: false,
         });
     }
@@ -83,7 +87,7 @@ impl Processing {
                     started: None,
                     process_ms: 0,
                     outcome: Outcome::Complete,
-                    restart: false,
+                    restarted_from: None,
                     canceled: true,
                 })
             }
@@ -122,19 +126,20 @@ impl Processing {
                 ..idle
             };
         }
+        // Waiting for the worker: a restart keeps showing the old status.
+        let waiting = View {
+            status: a.restarted_from.flatten(),
+            pending_action: a.restarted_from.map(|_| PENDING_RESTART),
+            completed: a.restarted_from == Some(Some(40)),
+            ..idle.clone()
+        };
         let Some(started) = a.started else {
-            return View {
-                pending_action: a.restart.then_some(PENDING_RESTART),
-                ..idle
-            };
+            return waiting;
         };
         let p = a.process_ms as f64;
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
         if elapsed < p / 10.0 {
-            return View {
-                pending_action: a.restart.then_some(PENDING_RESTART),
-                ..idle
-            };
+            return waiting;
         }
         let on_node = View {
             on_node: true,
@@ -296,7 +301,11 @@ mod tests {
         );
         assert_eq!((p.attempts, p.restarts), (2, 1));
         p.start(60_000, Outcome::Complete, true);
-        assert_eq!(p.view().pending_action, Some(PENDING_RESTART));
+        let v = p.view();
+        assert_eq!(
+            (v.status, v.last_error, v.pending_action),
+            (Some(30), None, Some(PENDING_RESTART))
+        );
         p.cancel();
         assert_eq!(p.view().status, Some(50));
     }
