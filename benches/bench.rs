@@ -840,6 +840,7 @@ fn unchanged_spec(scale: &Scale) -> DatasetSpec {
         image_size: 16,
         big_flight_images: None,
         decoys: true,
+        companions: false,
     }
 }
 
@@ -1617,6 +1618,7 @@ async fn section_transfer(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         image_size: scale.transfer_size,
         big_flight_images: None,
         decoys: false,
+        companions: false,
     };
     let cmd = if opts.quick {
         "cargo bench --bench bench -- --quick transfer"
@@ -1781,6 +1783,7 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         image_size: 16,
         big_flight_images: None,
         decoys: false,
+        companions: false,
     };
     let cmd = if opts.quick {
         "cargo bench --bench bench -- --quick state"

@@ -37,6 +37,7 @@ async fn sim_with_config(dir: &Path) -> (Sim, String) {
         image_size: 2_000,
         big_flight_images: None,
         decoys: true,
+        companions: false,
     };
     let sim = Sim::start(&spec, "127.0.0.1:0".parse().unwrap())
         .await

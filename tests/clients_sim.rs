@@ -26,6 +26,7 @@ fn spec(systems: usize, big: Option<usize>) -> DatasetSpec {
         image_size: 3_000,
         big_flight_images: big,
         decoys: true,
+        companions: false,
     }
 }
 

@@ -30,6 +30,7 @@ fn dataset(flights_per_system: usize) -> DatasetSpec {
         image_size: 2_000,
         big_flight_images: None,
         decoys: true,
+        companions: false,
     }
 }
 

@@ -48,6 +48,7 @@ async fn pages_past_100_systems_and_1000_images() {
         image_size: 200,
         big_flight_images: Some(1_005),
         decoys: false,
+        companions: false,
     };
     let mut rig = Rig::new(&spec).await;
     rig.config.sync.max_new_projects_per_pass = 500;

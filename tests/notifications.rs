@@ -28,6 +28,7 @@ fn dataset(flights: usize) -> DatasetSpec {
         image_size: 1_500,
         big_flight_images: None,
         decoys: false,
+        companions: false,
     }
 }
 

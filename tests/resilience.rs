@@ -21,6 +21,7 @@ fn spec(systems: usize, flights: usize, images: usize) -> DatasetSpec {
         image_size: 4_000,
         big_flight_images: None,
         decoys: true,
+        companions: false,
     }
 }
 
@@ -258,6 +259,7 @@ async fn sigkill_at_many_points_never_duplicates_or_corrupts() {
     // each kind is a well-defined moment in the sync.
     let uniform = DatasetSpec {
         decoys: false,
+        companions: false,
         ..spec(2, 3, 5)
     };
     let sim = Sim::start_with(

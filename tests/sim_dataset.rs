@@ -101,6 +101,7 @@ fn generation_is_deterministic() {
 
     let plain = DatasetSpec {
         decoys: false,
+        companions: false,
         systems: 2,
         flights_per_system: 3,
         images_per_flight: 5,
@@ -140,4 +141,64 @@ async fn config_points_at_the_sim() {
     assert_eq!(v["sync"]["settle"].as_str(), Some("0s"));
     assert_eq!(v["sync"]["state_dir"].as_str(), state.to_str());
     sim.shutdown().await;
+}
+
+#[test]
+fn companions_are_generated_apart_from_images() {
+    let on = DatasetSpec {
+        companions: true,
+        ..DatasetSpec::demo()
+    };
+    let with = Dataset::generate(&on).expected_flights();
+    let without = Dataset::generate(&DatasetSpec::demo()).expected_flights();
+    // Images are the same files either way; companions are listed apart.
+    assert_eq!(with.len(), without.len());
+    for (a, b) in with.iter().zip(&without) {
+        assert_eq!(a.images, b.images);
+        assert!(b.companions.is_empty());
+    }
+    // Generated system number n has an id ending in `-00n`.
+    let names = |system: usize, flight: &str| -> Vec<String> {
+        let suffix = format!("-{:03}", system + 1);
+        with.iter()
+            .find(|f| f.system_id.ends_with(&suffix) && f.flight == flight)
+            .unwrap()
+            .companions
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    // Mixed case in the first system's Flight001; odd flights only; never notes.txt.
+    assert_eq!(names(0, "Flight001"), ["GCP_List.txt", "Geo.TXT"]);
+    assert_eq!(names(1, "Flight001"), ["gcp_list.txt", "geo.txt"]);
+    assert!(names(0, "Flight002").is_empty());
+    let e = Dataset::generate(&on).expected();
+    let plain = Dataset::generate(&DatasetSpec::demo()).expected();
+    assert_eq!(
+        (e.flights, e.images, e.bytes),
+        (plain.flights, plain.images, plain.bytes)
+    );
+    assert_eq!(
+        e.companions,
+        with.iter().map(|f| f.companions.len() as u64).sum::<u64>()
+    );
+    assert!(e.companions >= 6, "{}", e.companions);
+    assert_eq!(
+        e.companion_bytes,
+        with.iter()
+            .flat_map(|f| &f.companions)
+            .map(|c| c.size)
+            .sum::<u64>()
+    );
+    // image_groups.txt comes with every third flight.
+    let more = DatasetSpec {
+        companions: true,
+        decoys: false,
+        flights_per_system: 3,
+        ..DatasetSpec::demo()
+    };
+    let flights = Dataset::generate(&more).expected_flights();
+    let third = flights.iter().find(|f| f.flight == "Flight003").unwrap();
+    let names: Vec<&str> = third.companions.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["gcp_list.txt", "geo.txt", "image_groups.txt"]);
 }

@@ -33,6 +33,7 @@ fn spec() -> DatasetSpec {
         image_size: 200_000,
         big_flight_images: None,
         decoys: false,
+        companions: false,
     }
 }
 
@@ -658,6 +659,10 @@ fn sim_flags_become_faults() {
         "1",
         "--token-ttl",
         "5",
+        "--process-ms",
+        "250",
+        "--fail-processing-rate",
+        "0.25",
     ])
     .unwrap();
     let f = cli.sim.faults();
@@ -668,8 +673,10 @@ fn sim_flags_become_faults() {
     assert_eq!(f.truncate_rate, 1.0);
     assert_eq!(f.token_ttl, Some(Duration::from_secs(5)));
     assert_eq!(f.retry_after_secs, 1);
+    assert_eq!((f.process_ms, f.fail_processing_rate), (250, 0.25));
     let none = Cli::try_parse_from(["sim"]).unwrap();
     assert_eq!(none.sim.faults(), Faults::default());
+    assert_eq!(none.sim.faults().process_ms, 1500);
 
     for bad in [
         ["--error-rate", "2"],
@@ -678,6 +685,8 @@ fn sim_flags_become_faults() {
         ["--truncate-rate", "half"],
         ["--token-ttl", "0"],
         ["--latency-ms", "-5"],
+        ["--fail-processing-rate", "1.5"],
+        ["--process-ms", "-1"],
     ] {
         let e = Cli::try_parse_from(["sim", bad[0], bad[1]])
             .err()
@@ -708,6 +717,8 @@ fn binary_rejects_a_bad_rate_and_documents_the_flags() {
         "--reset-rate",
         "--truncate-rate",
         "--token-ttl",
+        "--process-ms",
+        "--fail-processing-rate",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }

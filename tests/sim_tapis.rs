@@ -23,6 +23,7 @@ fn small(systems: usize, decoys: bool, big: Option<usize>) -> DatasetSpec {
         image_size: 1_000,
         big_flight_images: big,
         decoys,
+        companions: false,
     }
 }
 
@@ -336,6 +337,7 @@ async fn systems_listing_quirks() {
 
 #[tokio::test]
 async fn systems_paging_over_100() {
+    // Half of the systems belong to people and are only shared with the account: ALL.
     let sim = Sim::start(&small(105, false, None), local()).await.unwrap();
     let tok = token(&sim).await;
     let page = |skip: &'static str| {
@@ -345,7 +347,7 @@ async fn systems_paging_over_100() {
                 sim,
                 tok,
                 &["systems"],
-                &[("orderBy", "id(asc)"), ("skip", skip)],
+                &[("listType", "ALL"), ("orderBy", "id(asc)"), ("skip", skip)],
             )
             .await
             .json()
@@ -372,17 +374,26 @@ async fn systems_paging_over_100() {
     assert_eq!(unique.len(), 105);
     assert_eq!(got, unique, "ordered and disjoint pages");
 
-    let all: Value = get(&sim, &tok, &["systems"], &[("limit", "-1")])
-        .await
-        .json()
-        .await
-        .unwrap();
+    let all: Value = get(
+        &sim,
+        &tok,
+        &["systems"],
+        &[("listType", "ALL"), ("limit", "-1")],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(all["result"].as_array().unwrap().len(), 105);
     let after: Value = get(
         &sim,
         &tok,
         &["systems"],
-        &[("orderBy", "id(asc)"), ("startAfter", &got[99])],
+        &[
+            ("listType", "ALL"),
+            ("orderBy", "id(asc)"),
+            ("startAfter", &got[99]),
+        ],
     )
     .await
     .json()
@@ -392,11 +403,16 @@ async fn systems_paging_over_100() {
     // Without orderBy the order changes between requests.
     let mut changed = false;
     for _ in 0..5 {
-        let v: Value = get(&sim, &tok, &["systems"], &[("limit", "-1")])
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v: Value = get(
+            &sim,
+            &tok,
+            &["systems"],
+            &[("listType", "ALL"), ("limit", "-1")],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
         changed |= ids(&v) != ids(&all);
     }
     assert!(changed, "unordered listing should not be stable");

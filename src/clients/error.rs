@@ -136,6 +136,24 @@ impl ApiError {
         self.status() == Some(404)
     }
 
+    /// Whether WebODM refused a project edit because its permission list names a user that
+    /// does not exist (400 `Invalid user in permissions list`; nothing of the edit applied).
+    pub fn is_invalid_user(&self) -> bool {
+        self.status() == Some(400)
+            && self
+                .body()
+                .is_some_and(|b| b.contains("Invalid user in permissions list"))
+    }
+
+    /// Whether WebODM refused a project edit because its permission list names a group that
+    /// does not exist (400 `Invalid group in permissions list`; nothing of the edit applied).
+    pub fn is_invalid_group(&self) -> bool {
+        self.status() == Some(400)
+            && self
+                .body()
+                .is_some_and(|b| b.contains("Invalid group in permissions list"))
+    }
+
     /// How long the server asked us to wait (`Retry-After` on a 429 or 503).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -227,6 +245,11 @@ mod tests {
             retry_after: Some(Duration::from_secs(3)),
         };
         assert_eq!(with_wait.retry_after(), Some(Duration::from_secs(3)));
+        let user = status(400, r#"{"error":"Invalid user in permissions list"}"#);
+        assert!(user.is_invalid_user() && !user.is_invalid_group());
+        let group = status(400, r#"{"error":"Invalid group in permissions list"}"#);
+        assert!(group.is_invalid_group() && !group.is_invalid_user());
+        assert!(!status(500, "Invalid user in permissions list").is_invalid_user());
     }
 
     #[test]

@@ -157,6 +157,23 @@ impl Reply {
             .and_then(|v| v.to_str().ok())
     }
 
+    /// The response's `Content-Length`, if it has a readable one.
+    pub(crate) fn content_length(&self) -> Option<u64> {
+        self.resp
+            .headers()
+            .get(header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The service and the request (`GET /path`), for error messages.
+    pub(crate) fn op(&self) -> (&'static str, &str) {
+        (self.service, &self.op)
+    }
+
     /// Reads the whole body as JSON. A body that is not the JSON expected (HTML, plain text,
     /// empty, truncated, wrong shape) is an [`ApiError::Decode`] that names the content type
     /// and quotes the start of the body.

@@ -1,16 +1,21 @@
-//! The Tapis v3 client: token lifecycle, systems listing, file listing, content streaming.
+//! The Tapis v3 client: token lifecycle, systems listing and share info, file listing and
+//! stat, content streaming, folder creation and uploads.
 //!
 //! Follows `contracts/tapis.md`: the token travels only in `X-Tapis-Token`; logins answer 200
 //! (any 2xx is accepted) and refuse bad credentials with a 400; an expired token is a 401 with a
 //! plain-text body, a revoked one a 500; systems are listed with `listType=ALL` and an explicit
 //! `select`, both listings are paged until a short page, and downloads carry no Content-Length.
+//!
+//! Reads are retried with backoff. Writes (`mkdir`, `upload_file`) are sent once: the caller
+//! decides whether to try again (an upload overwrites the file with no condition).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::multipart::{Form, Part};
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::Mutex;
 
 use crate::clients::http::{secret_header, ApiError, CachedToken, Reply, RetryPolicy, Service};
@@ -89,6 +94,53 @@ pub struct FileEntry {
     /// MIME type, when Tapis knows it.
     #[serde(default)]
     pub mime_type: Option<String>,
+}
+
+/// Who may see a system besides its owner (`GET /v3/systems/share/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareInfo {
+    /// Shared with every user of the tenant.
+    #[serde(default)]
+    pub public: bool,
+    /// Users it is shared with by name (users given access through permissions instead are
+    /// not listed).
+    #[serde(rename = "userList", default, deserialize_with = "list_or_null")]
+    pub users: Vec<String>,
+}
+
+/// A list, or null read as an empty list.
+fn list_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The `status` of a Tapis answer (`success` when a write went through).
+#[derive(Deserialize)]
+struct Outcome {
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// How Tapis refused a session token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Not refused (or not for the token).
+    No,
+    /// 401 `TAPIS_SECURITY_JWT_EXPIRED`: a new token will do.
+    Expired,
+    /// 500 "Token is revoked.": a new token (not a refresh) will do.
+    Revoked,
+    /// Any other 401: the token is bad.
+    Other,
+}
+
+fn refused(err: &ApiError) -> Refused {
+    let body = err.body().unwrap_or_default();
+    match err.status() {
+        Some(401) if body.contains("TAPIS_SECURITY_JWT_EXPIRED") => Refused::Expired,
+        Some(401) => Refused::Other,
+        Some(500) if body.contains("Token is revoked") => Refused::Revoked,
+        _ => Refused::No,
+    }
 }
 
 /// The envelope of every Tapis answer: the payload is `result`.
@@ -237,6 +289,110 @@ impl TapisClient {
         }
     }
 
+    /// Who the system is shared with, and whether publicly. A missing system is an error with
+    /// `is_not_found()`.
+    pub async fn share_info(&self, system: &str) -> Result<ShareInfo, ApiError> {
+        let url = self
+            .inner
+            .svc
+            .url(&["v3", "systems", "share", system], false);
+        let info: Envelope<ShareInfo> = self.get_json(&url, &[]).await?;
+        Ok(info.result)
+    }
+
+    /// What is at `path` (relative to the system root): the listing's entry of a file, an entry
+    /// of kind [`FileKind::Dir`] (size 0) for a folder, `None` when nothing is there (any 404,
+    /// also for a missing system).
+    pub async fn stat(&self, system: &str, path: &str) -> Result<Option<FileEntry>, ApiError> {
+        let svc = &self.inner.svc;
+        let url = svc.url(&segments(&["v3", "files", "ops", system], path), false);
+        let wanted = segments(&[], path).join("/");
+        let query = [("limit", "1"), ("offset", "0")];
+        let page: Envelope<Vec<FileEntry>> = match self.get_json(&url, &query).await {
+            Ok(page) => page,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // A file lists as itself; a folder lists its first entry (or nothing when empty).
+        match page.result.into_iter().next() {
+            Some(e) if segments(&[], &e.path).join("/") == wanted => Ok(Some(e)),
+            _ => Ok(Some(FileEntry {
+                name: wanted.rsplit('/').next().unwrap_or_default().to_owned(),
+                path: wanted,
+                kind: FileKind::Dir,
+                size: 0,
+                last_modified: String::new(),
+                mime_type: None,
+            })),
+        }
+    }
+
+    /// Makes the folder `path` and its missing parents (an existing folder is no error). Sent
+    /// once.
+    pub async fn mkdir(&self, system: &str, path: &str) -> Result<(), ApiError> {
+        let svc = &self.inner.svc;
+        let url = svc.url(&["v3", "files", "ops", system], false);
+        let body = serde_json::json!({ "path": path });
+        let reply = self
+            .call(|| svc.request(Method::POST, url.clone()).json(&body))
+            .await?;
+        succeeded(reply).await
+    }
+
+    /// Writes `body` (exactly `len` bytes) to the file at `path`, streamed with a
+    /// Content-Length and nothing buffered; Tapis overwrites a file already there with no
+    /// condition and makes missing folders. Sent once: on failure the file may be left
+    /// partly written; open the source again and upload the whole file. A rejected token
+    /// fails with a retryable [`ApiError::TokenRejected`] (the body is spent).
+    pub async fn upload_file(
+        &self,
+        system: &str,
+        path: &str,
+        body: ByteStream,
+        len: u64,
+    ) -> Result<(), ApiError> {
+        let svc = &self.inner.svc;
+        let url = svc.url(&segments(&["v3", "files", "ops", system], path), false);
+        let op = format!("POST {}", url.path());
+        let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("file");
+        let part = Part::stream_with_length(reqwest::Body::wrap_stream(body), len)
+            .file_name(name.to_string())
+            .mime_str("application/octet-stream")
+            .map_err(|e| ApiError::Setup {
+                service: SERVICE,
+                detail: e.to_string(),
+            })?;
+        let form = Form::new().part("file", part);
+        let token = self.token().await?;
+        let req = svc
+            .request(Method::POST, url)
+            .header("X-Tapis-Token", secret_header(SERVICE, "", &token)?)
+            .multipart(form);
+        let err = match svc.send(req).await {
+            Ok(reply) => return succeeded(reply).await,
+            Err(e) => e,
+        };
+        let why = refused(&err);
+        match why {
+            Refused::No => return Err(err),
+            Refused::Other => {
+                self.forget(&token, false).await;
+                return Err(err);
+            }
+            Refused::Expired | Refused::Revoked => {}
+        }
+        if matches!(self.inner.auth, TapisAuth::Token(_)) {
+            return Err(pre_issued_refused(&err));
+        }
+        self.forget(&token, why == Refused::Revoked).await;
+        Err(ApiError::TokenRejected {
+            service: SERVICE,
+            op,
+            status: err.status().unwrap_or(401),
+            body: err.body().unwrap_or_default().to_string(),
+        })
+    }
+
     /// One listing GET answered with JSON, retried while the failure is transient, for at most
     /// `retry.listing_elapsed`.
     async fn get_json<T: serde::de::DeserializeOwned>(
@@ -282,32 +438,27 @@ impl TapisClient {
             Err(e) => e,
             ok => return ok,
         };
-        let body = err.body().unwrap_or_default();
-        let unauthorized = err.status() == Some(401);
-        let expired = unauthorized && body.contains("TAPIS_SECURITY_JWT_EXPIRED");
-        let revoked = err.status() == Some(500) && body.contains("Token is revoked");
-        if unauthorized && !expired {
+        let why = refused(&err);
+        if why == Refused::Other {
             // Not worth a second try now, but never keep a token Tapis refused.
             self.forget(&token, false).await;
         }
-        if !expired && !revoked {
+        if !matches!(why, Refused::Expired | Refused::Revoked) {
             return Err(err);
         }
         if matches!(self.inner.auth, TapisAuth::Token(_)) {
-            return Err(ApiError::Auth {
-                service: SERVICE,
-                detail: format!(
-                    "the pre-issued token in `tapis.token_file` is no longer accepted ({err}): \
-                     replace it, or configure a password instead"
-                ),
-            });
+            return Err(pre_issued_refused(&err));
         }
         tracing::debug!(
             service = SERVICE,
-            reason = if expired { "expired" } else { "revoked" },
+            reason = if why == Refused::Expired {
+                "expired"
+            } else {
+                "revoked"
+            },
             "token rejected; logging in again"
         );
-        self.forget(&token, revoked).await;
+        self.forget(&token, why == Refused::Revoked).await;
         let token = self.token().await?;
         self.send_with(&make, &token).await
     }
@@ -422,6 +573,32 @@ impl TapisClient {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The error for a pre-issued token that Tapis no longer accepts.
+fn pre_issued_refused(err: &ApiError) -> ApiError {
+    ApiError::Auth {
+        service: SERVICE,
+        detail: format!(
+            "the pre-issued token in `tapis.token_file` is no longer accepted ({err}): \
+             replace it, or configure a password instead"
+        ),
+    }
+}
+
+/// Reads a write's answer: JSON with `"status": "success"`, else an [`ApiError::Decode`].
+async fn succeeded(reply: Reply) -> Result<(), ApiError> {
+    let (service, op) = reply.op();
+    let (service, op) = (service, op.to_owned());
+    let outcome: Outcome = reply.json().await?;
+    match outcome.status.as_deref() {
+        Some("success") => Ok(()),
+        other => Err(ApiError::Decode {
+            service,
+            op,
+            detail: format!("expected \"status\": \"success\", got {other:?}"),
+        }),
     }
 }
 
@@ -584,6 +761,18 @@ mod tests {
         assert!(!s.enabled);
         let s: System = serde_json::from_value(serde_json::json!({"id":"x"})).unwrap();
         assert!(s.enabled && s.owner.is_none());
+    }
+
+    #[test]
+    fn share_info_reads_the_contract_shape() {
+        let v = serde_json::json!({"status":"success","message":"m","version":"1",
+            "result":{"public":false,"userList":["alice","bob"]},"metadata":null});
+        let s: Envelope<ShareInfo> = serde_json::from_value(v).unwrap();
+        assert_eq!(s.result.users, ["alice", "bob"]);
+        assert!(!s.result.public);
+        let v = serde_json::json!({"result":{"public":true,"userList":null}});
+        let s: Envelope<ShareInfo> = serde_json::from_value(v).unwrap();
+        assert!(s.result.public && s.result.users.is_empty());
     }
 
     #[test]

@@ -1,13 +1,14 @@
-//! The WebODM client: JWT lifecycle, projects, tasks, streamed uploads, commit, lookups.
+//! The WebODM client: JWT lifecycle, projects, tasks, streamed uploads, commit, lookups,
+//! sharing (users, groups, permissions, edit), processing (restart) and asset downloads.
 //!
 //! Follows `contracts/webodm.md`: `Authorization: JWT <token>` (never `Bearer`), a new login
 //! before the token's `exp` (there is no refresh endpoint), 403 (not 401) for a bad or expired
 //! token, trailing slashes on every route, JSON bodies with tags as arrays, partial tasks filled
 //! by whole-file uploads in the `images` field and then committed.
 //!
-//! Reads (GET, HEAD) and logins are retried with backoff. Creates (project, task, upload,
-//! commit) are sent once: WebODM has no idempotency key, so the caller looks up what exists
-//! before trying again. A 403 for the token is answered by logging in again and repeating the
+//! Reads (GET, HEAD) and logins are retried with backoff. Writes (project, task, upload,
+//! commit, edit, restart) are sent once: WebODM has no idempotency key, so the caller looks
+//! up what exists before trying again. A 403 for the token is answered by logging in again and repeating the
 //! request once (nothing was created); an upload cannot be repeated (its body is consumed) and
 //! fails with a retryable [`ApiError::TokenRejected`] instead.
 
@@ -21,12 +22,16 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::Mutex;
 
-use crate::clients::http::{secret_header, ApiError, ByteStream, CachedToken, Reply, Service};
+use crate::clients::http::{
+    secret_header, verify_length, ApiError, ByteStream, CachedToken, Reply, Service,
+};
 use crate::config::{RetryConfig, Secret, TaskOption, WebodmConfig};
 
 const SERVICE: &str = "WebODM";
 /// Requests besides uploads that may run while every upload slot is busy.
 const EXTRA_SLOTS: usize = 4;
+/// Most users or groups one search returns (searches are by a whole name, so few match).
+const SEARCH_LIMIT: &str = "1000";
 
 /// A WebODM project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,9 +74,123 @@ pub struct Task {
     /// Tags (a missing or null value reads as none).
     #[serde(default, deserialize_with = "lenient_tags")]
     pub tags: Vec<String>,
-    /// The processing error, if any.
+    /// The processing error, if any (a FAILED task may have none).
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Processing time in milliseconds; -1 until known (also when missing or null).
+    #[serde(default = "minus_one", deserialize_with = "int_or_minus_one")]
+    pub processing_time: i64,
+    /// Assets that can be downloaded (filled when COMPLETED; missing or null reads as none).
+    #[serde(default, deserialize_with = "list_or_null")]
+    pub available_assets: Vec<String>,
+    /// An action asked for and not yet done by WebODM's worker: 1 cancel, 2 remove,
+    /// 3 restart, 4 resize, 5 import, 6 compact.
+    #[serde(default)]
+    pub pending_action: Option<i64>,
+}
+
+/// A WebODM user, as the users search lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebodmUser {
+    /// Username (case-sensitive).
+    pub username: String,
+    /// Email (may be empty).
+    #[serde(default, deserialize_with = "string_or_null")]
+    pub email: String,
+}
+
+/// A WebODM group, as the groups search lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebodmGroup {
+    /// Group name.
+    pub name: String,
+    /// Group id.
+    pub id: i64,
+}
+
+/// Who a project permission is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Grantee {
+    /// A user, by username.
+    User(String),
+    /// A group, by name.
+    Group(String),
+}
+
+/// One entry of a project's permission list (`GET …/permissions/`, sent back by
+/// [`WebodmClient::edit_project`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawPermission", into = "RawPermission")]
+pub struct PermissionEntry {
+    /// The user or group.
+    pub grantee: Grantee,
+    /// The project's owner (WebODM never changes the owner's permissions).
+    pub owner: bool,
+    /// `view`, `add`, `change`, `delete`.
+    pub permissions: Vec<String>,
+}
+
+/// A permission entry as WebODM writes it: `{username, owner, permissions}` or
+/// `{groupname, permissions}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RawPermission {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    groupname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<bool>,
+    #[serde(default, deserialize_with = "list_or_null")]
+    permissions: Vec<String>,
+}
+
+impl TryFrom<RawPermission> for PermissionEntry {
+    type Error = String;
+
+    fn try_from(raw: RawPermission) -> Result<Self, String> {
+        // A group name takes precedence, as in WebODM's edit.
+        let grantee = match (raw.groupname, raw.username) {
+            (Some(g), _) if !g.is_empty() => Grantee::Group(g),
+            (_, Some(u)) if !u.is_empty() => Grantee::User(u),
+            _ => return Err("a permission entry names neither a user nor a group".into()),
+        };
+        Ok(PermissionEntry {
+            grantee,
+            owner: raw.owner.unwrap_or(false),
+            permissions: raw.permissions,
+        })
+    }
+}
+
+impl From<PermissionEntry> for RawPermission {
+    fn from(p: PermissionEntry) -> Self {
+        let (username, groupname, owner) = match p.grantee {
+            Grantee::User(u) => (Some(u), None, Some(p.owner)),
+            Grantee::Group(g) => (None, Some(g), None),
+        };
+        RawPermission {
+            username,
+            groupname,
+            owner,
+            permissions: p.permissions,
+        }
+    }
+}
+
+/// A project edit: WebODM **replaces** name, description and tags with these (send the
+/// project's current values to keep them) and, when `permissions` is `Some`, the whole
+/// permission list (anyone left out loses access; the owner is never changed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectEdit {
+    /// Name (WebODM does not trim it here).
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Tags, each without spaces.
+    pub tags: Vec<String>,
+    /// The whole permission list, or `None` to leave permissions alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Vec<PermissionEntry>>,
 }
 
 /// A project to create.
@@ -94,6 +213,20 @@ pub struct NewTask {
     pub options: Vec<TaskOption>,
     /// Tags, each without spaces.
     pub tags: Vec<String>,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+/// An integer; null reads as -1.
+fn int_or_minus_one<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(Option::<i64>::deserialize(d)?.unwrap_or(-1))
+}
+
+/// A list of strings; null reads as an empty list.
+fn list_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `null` reads as an empty string.
@@ -119,6 +252,13 @@ fn lenient_tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
 #[derive(Deserialize)]
 struct TokenReply {
     token: Secret,
+}
+
+/// `{"success": true}`, WebODM's answer to an action.
+#[derive(Deserialize)]
+struct Success {
+    #[serde(default)]
+    success: bool,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +502,114 @@ impl WebodmClient {
         Ok(found)
     }
 
+    /// One project; a missing project (or one the account may not see) is an error with
+    /// `is_not_found()`.
+    pub async fn get_project(&self, project: i64) -> Result<Project, ApiError> {
+        let pid = project.to_string();
+        let url = self.url(&["api", "projects", &pid]);
+        self.read(|| self.inner.svc.request(Method::GET, url.clone()))
+            .await
+    }
+
+    /// Users whose username or email starts with `search`, any case (compare usernames
+    /// exactly yourself; every site has an `AnonymousUser`). A site that turned its users API
+    /// off answers 404: an error with `is_not_found()`.
+    pub async fn find_users(&self, search: &str) -> Result<Vec<WebodmUser>, ApiError> {
+        let url = self.url(&["api", "users"]);
+        self.read(|| {
+            self.inner
+                .svc
+                .request(Method::GET, url.clone())
+                .query(&[("search", search), ("limit", SEARCH_LIMIT)])
+        })
+        .await
+    }
+
+    /// Groups whose name starts with `search`, any case (compare names exactly yourself); 404
+    /// (`is_not_found()`) when the users API is off.
+    pub async fn find_groups(&self, search: &str) -> Result<Vec<WebodmGroup>, ApiError> {
+        let url = self.url(&["api", "groups"]);
+        self.read(|| {
+            self.inner
+                .svc
+                .request(Method::GET, url.clone())
+                .query(&[("search", search), ("limit", SEARCH_LIMIT)])
+        })
+        .await
+    }
+
+    /// Who may see a project: its owner first, then users, then groups.
+    pub async fn project_permissions(
+        &self,
+        project: i64,
+    ) -> Result<Vec<PermissionEntry>, ApiError> {
+        let pid = project.to_string();
+        let url = self.url(&["api", "projects", &pid, "permissions"]);
+        self.read(|| self.inner.svc.request(Method::GET, url.clone()))
+            .await
+    }
+
+    /// Edits a project (see [`ProjectEdit`] for what it replaces); sent once. WebODM applies
+    /// all of it or nothing: an unknown user or group fails with
+    /// [`ApiError::is_invalid_user`] or [`ApiError::is_invalid_group`].
+    pub async fn edit_project(&self, project: i64, edit: &ProjectEdit) -> Result<(), ApiError> {
+        let pid = project.to_string();
+        let url = self.url(&["api", "projects", &pid, "edit"]);
+        let reply = self
+            .call(|| self.inner.svc.request(Method::POST, url.clone()).json(edit))
+            .await?;
+        succeeded(reply).await
+    }
+
+    /// Asks WebODM to process a task again (`…/restart/`: clears `last_error`, same images and
+    /// options; a partial task stops being partial). Sent once.
+    pub async fn restart_task(&self, project: i64, task: &str) -> Result<(), ApiError> {
+        let pid = project.to_string();
+        let url = self.url(&["api", "projects", &pid, "tasks", task, "restart"]);
+        let reply = self
+            .call(|| self.inner.svc.request(Method::POST, url.clone()))
+            .await?;
+        succeeded(reply).await
+    }
+
+    /// Opens the download of a task's asset (e.g. `orthophoto.tif`): the body, streamed and
+    /// checked to carry exactly its Content-Length (a short body ends in an error), and that
+    /// length. Opening is retried; the body is the caller's to read (re-open on failure).
+    /// An asset the task does not offer is an error with `is_not_found()`; an answer without a
+    /// Content-Length is an [`ApiError::Decode`].
+    pub async fn download_asset(
+        &self,
+        project: i64,
+        task: &str,
+        asset: &str,
+    ) -> Result<(ByteStream, u64), ApiError> {
+        let pid = project.to_string();
+        // The asset is the rest of the path: no trailing slash.
+        let url = self.inner.svc.url(
+            &["api", "projects", &pid, "tasks", task, "download", asset],
+            false,
+        );
+        let svc = &self.inner.svc;
+        let reply = svc
+            .retry(|| async {
+                self.call(|| svc.request(Method::GET, url.clone()))
+                    .await?
+                    .refuse_html()
+                    .await
+            })
+            .await?;
+        let Some(len) = reply.content_length() else {
+            let (service, op) = reply.op();
+            return Err(ApiError::Decode {
+                service,
+                op: op.to_owned(),
+                detail: "the asset download has no Content-Length".into(),
+            });
+        };
+        let what = format!("WebODM asset {asset} of task {task}");
+        Ok((verify_length(reply.into_stream(), len, what), len))
+    }
+
     /// HTTP requests sent to WebODM so far, retries and logins included.
     pub fn requests(&self) -> u64 {
         self.inner.svc.requests()
@@ -458,6 +706,22 @@ impl WebodmClient {
     }
 }
 
+/// Reads an action's answer: `{"success": true}`, else an [`ApiError::Decode`].
+async fn succeeded(reply: Reply) -> Result<(), ApiError> {
+    let (service, op) = reply.op();
+    let (service, op) = (service, op.to_owned());
+    let answer: Success = reply.json().await?;
+    if answer.success {
+        Ok(())
+    } else {
+        Err(ApiError::Decode {
+            service,
+            op,
+            detail: "expected {\"success\": true}".into(),
+        })
+    }
+}
+
 /// Decodes a projects listing the way [`WebodmClient::list_projects`] does. For property tests
 /// and fuzzing.
 #[doc(hidden)]
@@ -520,6 +784,53 @@ mod tests {
         .unwrap();
         assert!(t.partial && t.status.is_none() && t.tags.is_empty());
         assert_eq!(t.images_count, Some(0));
+        assert_eq!(t.processing_time, -1);
+        assert!(t.available_assets.is_empty() && t.pending_action.is_none());
+        let t: Task = serde_json::from_value(serde_json::json!({
+            "id":"t","project":1,"status":40,"processing_time":5123,"pending_action":3,
+            "available_assets":["all.zip","orthophoto.tif"],"last_error":null}))
+        .unwrap();
+        assert_eq!(t.processing_time, 5123);
+        assert_eq!(t.available_assets, ["all.zip", "orthophoto.tif"]);
+        assert_eq!(t.pending_action, Some(3));
+        let t: Task = serde_json::from_value(serde_json::json!({
+            "id":"t","project":1,"processing_time":null,"available_assets":null}))
+        .unwrap();
+        assert_eq!(t.processing_time, -1);
+    }
+
+    #[test]
+    fn permission_entries_read_and_write_webodm_shapes() {
+        let list: Vec<PermissionEntry> = serde_json::from_value(serde_json::json!([
+            {"username":"tapis-sync","owner":true,"permissions":["add","change","delete","view"]},
+            {"username":"alice","owner":false,"permissions":["view"]},
+            {"groupname":"lab-x","permissions":["view"]}]))
+        .unwrap();
+        assert_eq!(list[0].grantee, Grantee::User("tapis-sync".into()));
+        assert!(list[0].owner);
+        assert_eq!(list[2].grantee, Grantee::Group("lab-x".into()));
+        assert_eq!(
+            serde_json::to_value(&list[1]).unwrap(),
+            serde_json::json!({"username":"alice","owner":false,"permissions":["view"]})
+        );
+        assert_eq!(
+            serde_json::to_value(&list[2]).unwrap(),
+            serde_json::json!({"groupname":"lab-x","permissions":["view"]})
+        );
+        assert!(
+            serde_json::from_value::<PermissionEntry>(serde_json::json!({"permissions":[]}))
+                .is_err()
+        );
+        let edit = ProjectEdit {
+            name: "n".into(),
+            description: "d".into(),
+            tags: vec!["a".into()],
+            permissions: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&edit).unwrap(),
+            serde_json::json!({"name":"n","description":"d","tags":["a"]})
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Deterministic simulated Tapis data: systems, folders and files whose bytes are generated on
 //! demand from the seed, so even large datasets cost only their metadata in memory.
 
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,12 @@ const IMAGES_DIR: [&str; 2] = ["code", "images"];
 /// 2024-05-01T00:00:00Z: base of every generated modification time.
 const BASE_MTIME: u64 = 1_714_521_600;
 /// Size of the chunks a file's content is streamed in.
-const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
+/// Tapis users of the dataset besides the daemon's account: system owners and share lists.
+/// Some have a WebODM account (see `sharing::WEBODM_USERS`; `dave` only under another name).
+pub(crate) const PEOPLE: [&str; 6] = ["alice", "bob", "carol", "dave", "erin", "frank"];
+/// Companion file names (lower case) that travel with the images.
+const COMPANIONS: [&str; 3] = ["geo.txt", "image_groups.txt", "gcp_list.txt"];
 
 /// Shape of a generated dataset.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +45,11 @@ pub struct DatasetSpec {
     pub big_flight_images: Option<usize>,
     /// Adds decoy systems and folders, a shared system and the special-case flights.
     pub decoys: bool,
+    /// Puts companion files (`geo.txt`, `gcp_list.txt`, sometimes `image_groups.txt`; mixed
+    /// case in one flight) and a decoy `notes.txt` into the images folder of odd-numbered
+    /// regular flights.
+    #[serde(default)]
+    pub companions: bool,
 }
 
 impl DatasetSpec {
@@ -54,6 +64,7 @@ impl DatasetSpec {
             image_size: 20_000,
             big_flight_images: None,
             decoys: true,
+            companions: false,
         }
     }
 }
@@ -67,6 +78,12 @@ pub struct Expected {
     pub images: u64,
     /// Bytes of those images.
     pub bytes: u64,
+    /// Companion files in those flights' images folders (not counted in `images`).
+    #[serde(default)]
+    pub companions: u64,
+    /// Bytes of those companion files.
+    #[serde(default)]
+    pub companion_bytes: u64,
 }
 
 /// One flight the daemon should sync.
@@ -78,9 +95,13 @@ pub struct ExpectedFlight {
     pub flight: String,
     /// Its images, sorted by name.
     pub images: Vec<ExpectedImage>,
+    /// Its companion files (`geo.txt`, `image_groups.txt`, `gcp_list.txt` in any case),
+    /// sorted case-insensitively by name.
+    #[serde(default)]
+    pub companions: Vec<ExpectedImage>,
 }
 
-/// One image of an expected flight.
+/// One image (or companion file) of an expected flight.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpectedImage {
     /// File name.
@@ -102,7 +123,10 @@ pub struct Dataset {
 pub(crate) struct SimSystem {
     pub id: String,
     pub owner: String,
-    pub shared_with: Vec<String>,
+    /// Users it is shared with (changed by `Sim::share_system` and `Sim::unshare_system`).
+    pub shared_with: RwLock<Vec<String>>,
+    /// Shared publicly: every user of the tenant may read it.
+    pub public: bool,
     pub enabled: bool,
     pub host: String,
     pub root_dir: String,
@@ -143,6 +167,8 @@ enum Kind {
     Jpeg,
     Png,
     Text,
+    /// These first bytes, then random bytes.
+    Magic(&'static [u8]),
 }
 
 impl Node {
@@ -196,6 +222,19 @@ impl Node {
 }
 
 impl File {
+    /// A file of `size` bytes that start with `magic` and continue with bytes derived from
+    /// `key` (WebODM's processing results).
+    pub fn synthetic(name: &str, key: u64, size: u64, magic: &'static [u8]) -> File {
+        File {
+            name: name.to_owned(),
+            mtime: 0,
+            size,
+            key,
+            kind: Kind::Magic(magic),
+            sha: OnceLock::new(),
+        }
+    }
+
     /// SHA-256 of the content (computed once, on first use).
     pub fn sha256(&self) -> &str {
         self.sha.get_or_init(|| {
@@ -223,6 +262,7 @@ impl File {
             Kind::Jpeg => "image/jpeg",
             Kind::Png => "image/png",
             Kind::Text => "text/plain",
+            Kind::Magic(_) => "application/octet-stream",
         }
     }
 }
@@ -269,6 +309,7 @@ fn shape(kind: Kind, pos: u64, b: u8) -> u8 {
         Kind::Jpeg => &[0xFF, 0xD8, 0xFF, 0xE0],
         Kind::Png => &[0x89, b'P', b'N', b'G'],
         Kind::Text => &[],
+        Kind::Magic(m) => m,
     };
     match magic.get(pos as usize) {
         Some(&m) => m,
@@ -281,7 +322,7 @@ fn shape(kind: Kind, pos: u64, b: u8) -> u8 {
 }
 
 /// SplitMix64 finaliser: a good, stable 64-bit mixer.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -294,10 +335,18 @@ pub(crate) fn is_image(name: &str) -> bool {
     lower.ends_with(".jpg") || lower.ends_with(".jpeg")
 }
 
+/// Whether a file name is a companion file (`geo.txt`, `image_groups.txt`, `gcp_list.txt`,
+/// any case).
+pub(crate) fn is_companion(name: &str) -> bool {
+    COMPANIONS.contains(&name.to_lowercase().as_str())
+}
+
 /// Builds the file trees of one system.
 struct Gen<'a> {
     spec: &'a DatasetSpec,
     system: String,
+    /// The first generated system (its Flight001 has mixed-case companion names).
+    first: bool,
 }
 
 impl Gen<'_> {
@@ -344,7 +393,10 @@ impl Gen<'_> {
             .iter()
             .map(|i| self.file(&images_path, i, size))
             .collect();
-        files.extend(extra.iter().map(|e| self.file(&images_path, e, 2_000)));
+        files.extend(extra.iter().map(|e| {
+            let approx = if is_companion(e) { 1_500 } else { 2_000 };
+            self.file(&images_path, e, approx)
+        }));
         if sub {
             let sub_path = format!("{images_path}/sub");
             let subs = vec![
@@ -361,10 +413,15 @@ impl Gen<'_> {
     fn regular_flights(&self, count: usize) -> Vec<Node> {
         (1..=count)
             .map(|f| {
+                let extra = if self.spec.companions {
+                    companions(self.first, f)
+                } else {
+                    Vec::new()
+                };
                 self.flight(
                     &format!("Flight{f:03}"),
                     &img_names(self.spec.images_per_flight),
-                    &[],
+                    &extra,
                     false,
                 )
             })
@@ -402,6 +459,38 @@ impl Gen<'_> {
     }
 }
 
+/// The extra files of regular flight number `f` when companions are on: odd flights get
+/// `geo.txt`, `gcp_list.txt` (every third also `image_groups.txt`) and a decoy `notes.txt`;
+/// the first system's Flight001 spells them `Geo.TXT` and `GCP_List.txt`.
+fn companions(first_system: bool, f: usize) -> Vec<&'static str> {
+    if f.is_multiple_of(2) {
+        return Vec::new();
+    }
+    let mut names = if first_system && f == 1 {
+        vec!["Geo.TXT", "GCP_List.txt"]
+    } else {
+        vec!["geo.txt", "gcp_list.txt"]
+    };
+    if f.is_multiple_of(3) {
+        names.push("image_groups.txt");
+    }
+    names.push("notes.txt");
+    names
+}
+
+/// Owner, share list and public flag of generated system number `i`: the first and every
+/// even one belong to the daemon's account and are shared with three people; odd ones belong
+/// to a person and are shared with the account and two people; the second is public and
+/// shared with one person only (the account sees it because it is public).
+fn access(i: usize) -> (&'static str, Vec<&'static str>, bool) {
+    let p = |k: usize| PEOPLE[(i + k) % PEOPLE.len()];
+    match i {
+        1 => (p(0), vec![p(2)], true),
+        i if i % 2 == 1 => (p(0), vec![TAPIS_USER, p(1), p(3)], false),
+        _ => (TAPIS_USER, vec![p(0), p(2), p(4)], false),
+    }
+}
+
 /// `IMG_0001.jpg` … `IMG_<n>.jpg`.
 fn img_names(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("IMG_{i:04}.jpg")).collect()
@@ -420,6 +509,7 @@ impl Dataset {
             let g = Gen {
                 spec,
                 system: id.clone(),
+                first: i == 0,
             };
             let mut top = g.regular_flights(spec.flights_per_system);
             if i == 0 {
@@ -446,7 +536,10 @@ impl Dataset {
                     top.extend(g.decoy_folders());
                 }
             }
-            systems.push(system(&g, TAPIS_USER, &[], true, top));
+            let (owner, shared_with, public) = access(i);
+            let mut sys = system(&g, owner, &shared_with, true, top);
+            sys.public = public;
+            systems.push(sys);
         }
         if spec.decoys {
             // (id, owner, shared with the account, enabled)
@@ -462,6 +555,7 @@ impl Dataset {
                 let g = Gen {
                     spec,
                     system: id.to_owned(),
+                    first: false,
                 };
                 let shared_with = if shared { vec![TAPIS_USER] } else { vec![] };
                 let flights = g.regular_flights(spec.flights_per_system.max(1));
@@ -474,10 +568,12 @@ impl Dataset {
     /// Totals over [`Dataset::expected_flights`] (without hashing any bytes).
     pub fn expected(&self) -> Expected {
         let mut e = Expected::default();
-        for (_, _, images) in self.flights() {
+        for f in self.flights() {
             e.flights += 1;
-            e.images += images.len() as u64;
-            e.bytes += images.iter().map(|f| f.size).sum::<u64>();
+            e.images += f.images.len() as u64;
+            e.bytes += f.images.iter().map(|f| f.size).sum::<u64>();
+            e.companions += f.companions.len() as u64;
+            e.companion_bytes += f.companions.iter().map(|f| f.size).sum::<u64>();
         }
         e
     }
@@ -485,25 +581,30 @@ impl Dataset {
     /// The flights the daemon should sync: in visible, enabled systems matching
     /// `ptdatax.project.*`, with at least one image directly in `<Flight>/code/images`.
     pub fn expected_flights(&self) -> Vec<ExpectedFlight> {
+        let expected = |files: &[&File]| -> Vec<ExpectedImage> {
+            files
+                .iter()
+                .map(|f| ExpectedImage {
+                    name: f.name.clone(),
+                    size: f.size,
+                    sha256: f.sha256().to_owned(),
+                })
+                .collect()
+        };
         self.flights()
             .into_iter()
-            .map(|(system, flight, images)| ExpectedFlight {
-                system_id: system.id.clone(),
-                flight: flight.to_owned(),
-                images: images
-                    .iter()
-                    .map(|f| ExpectedImage {
-                        name: f.name.clone(),
-                        size: f.size,
-                        sha256: f.sha256().to_owned(),
-                    })
-                    .collect(),
+            .map(|f| ExpectedFlight {
+                system_id: f.system.id.clone(),
+                flight: f.name.to_owned(),
+                images: expected(&f.images),
+                companions: expected(&f.companions),
             })
             .collect()
     }
 
-    /// Expected flights with their image files, sorted by system id then flight name.
-    pub(crate) fn flights(&self) -> Vec<(&SimSystem, &str, Vec<&File>)> {
+    /// Expected flights with their image and companion files, sorted by system id then flight
+    /// name.
+    pub(crate) fn flights(&self) -> Vec<FlightFiles<'_>> {
         let mut out = Vec::new();
         for sys in &self.systems {
             if !sys.visible_to(TAPIS_USER) || !sys.enabled || !like_match(SYSTEM_PATTERN, &sys.id) {
@@ -515,20 +616,28 @@ impl Dataset {
                 else {
                     continue;
                 };
-                let files: Vec<&File> = images
-                    .children
-                    .iter()
-                    .filter_map(|c| match c {
-                        Node::File(f) if is_image(&f.name) => Some(f),
-                        _ => None,
-                    })
-                    .collect();
-                if !files.is_empty() {
-                    out.push((sys, flight.name.as_str(), files));
+                let files = |keep: fn(&str) -> bool| -> Vec<&File> {
+                    images
+                        .children
+                        .iter()
+                        .filter_map(|c| match c {
+                            Node::File(f) if keep(&f.name) => Some(f),
+                            _ => None,
+                        })
+                        .collect()
+                };
+                let found = FlightFiles {
+                    system: sys,
+                    name: flight.name.as_str(),
+                    images: files(is_image),
+                    companions: files(is_companion),
+                };
+                if !found.images.is_empty() {
+                    out.push(found);
                 }
             }
         }
-        out.sort_by(|a, b| (&a.0.id, a.1).cmp(&(&b.0.id, b.1)));
+        out.sort_by(|a, b| (&a.system.id, a.name).cmp(&(&b.system.id, b.name)));
         out
     }
 
@@ -538,10 +647,28 @@ impl Dataset {
     }
 }
 
+/// An expected flight's files in the dataset.
+pub(crate) struct FlightFiles<'a> {
+    pub system: &'a SimSystem,
+    pub name: &'a str,
+    pub images: Vec<&'a File>,
+    pub companions: Vec<&'a File>,
+}
+
 impl SimSystem {
-    /// Whether `user` owns it or it is shared with them.
+    /// Whether `user` owns it, or it is shared with them or with everybody.
     pub fn visible_to(&self, user: &str) -> bool {
-        self.owner == user || self.shared_with.iter().any(|u| u == user)
+        self.owner == user || self.public || self.is_shared_with(user)
+    }
+
+    /// Whether it is shared with `user` by name.
+    pub fn is_shared_with(&self, user: &str) -> bool {
+        self.shares().iter().any(|u| u == user)
+    }
+
+    /// The users it is shared with by name.
+    pub fn shares(&self) -> Vec<String> {
+        self.shared_with.read().expect("shares lock").clone()
     }
 }
 
@@ -556,7 +683,8 @@ fn system(
     SimSystem {
         id: g.system.clone(),
         owner: owner.to_owned(),
-        shared_with: shared_with.iter().map(|s| s.to_string()).collect(),
+        shared_with: RwLock::new(shared_with.iter().map(|s| s.to_string()).collect()),
+        public: false,
         enabled,
         host: "ls6.tacc.utexas.edu".to_owned(),
         root_dir: format!("/corral/projects/{short}"),
@@ -578,6 +706,7 @@ mod tests {
         let g = Gen {
             spec: &spec,
             system: "s".into(),
+            first: true,
         };
         let Node::File(f) = g.file("a", "IMG.jpg", spec.image_size) else {
             unreachable!()

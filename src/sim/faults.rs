@@ -1,5 +1,6 @@
-//! Fault injection: which faults the simulator injects ([`Faults`]) and the seeded dice that
-//! decide, per request, whether one happens.
+//! Fault injection: which faults the simulator injects ([`Faults`], with the simulated
+//! processing's speed and failures) and the seeded dice that decide, per request, whether one
+//! happens.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-/// Stats route of Tapis file downloads (the only route that truncates).
+/// Stats route of Tapis file downloads.
 pub(crate) const DOWNLOAD_ROUTE: &str = "GET /v3/files/content/{system}/{path}";
+/// Stats route of WebODM asset downloads.
+pub(crate) const ASSET_ROUTE: &str = "GET /api/projects/{project}/tasks/{task}/download/{asset}";
+/// Stats route of Tapis uploads.
+pub(crate) const TAPIS_UPLOAD_ROUTE: &str = "POST /v3/files/ops/{system}/{path}";
 /// Stats route of WebODM image uploads.
 pub(crate) const UPLOAD_ROUTE: &str = "POST /api/projects/{project}/tasks/{task}/upload/";
 /// Stats routes of the token endpoints.
@@ -46,11 +51,14 @@ pub struct Faults {
     pub retry_after_secs: u64,
     /// Delay added before every API response (token endpoints included), in milliseconds.
     pub latency_ms: u64,
-    /// Share of requests whose connection is reset: downloads stream part of the body first,
-    /// uploads read part of the request body first (nothing is stored), other routes answer
-    /// nothing.
+    /// Share of requests whose connection is reset: downloads (Tapis content, WebODM assets)
+    /// stream part of the body first, WebODM uploads read part of the request body first
+    /// (nothing is stored), Tapis uploads read part of it too (and keep the partial file, as a
+    /// write over SSH does), other routes answer nothing.
     pub reset_rate: f64,
-    /// Share of downloads answered 200 whose body ends cleanly before the end of the file.
+    /// Share of downloads (Tapis content, WebODM assets) answered 200 whose body ends before
+    /// the end of the file: cleanly for Tapis (no Content-Length), short of the announced
+    /// Content-Length for WebODM.
     pub truncate_rate: f64,
     /// Lifetime of the Tapis access tokens and WebODM tokens issued from now on (`None`: the
     /// servers' defaults, 4 h and 6 h, or what `Sim::set_token_ttl` and
@@ -62,6 +70,13 @@ pub struct Faults {
     pub revoke_rate: f64,
     /// Whether the Tapis refresh grant fails (400), so clients must use the password grant.
     pub refresh_fails: bool,
+    /// Time from a commit (or `restart/`) to COMPLETED or FAILED, in milliseconds, read when
+    /// the attempt starts; 0 = no processing node: `status` stays null, and waiting tasks
+    /// start once this is set non-zero again.
+    pub process_ms: u64,
+    /// Share of tasks whose first processing attempt FAILS (a later commit or restart
+    /// completes), decided by the seed, the project name and the task name.
+    pub fail_processing_rate: f64,
 }
 
 impl Default for Faults {
@@ -80,6 +95,8 @@ impl Default for Faults {
             token_ttl: None,
             revoke_rate: 0.0,
             refresh_fails: false,
+            process_ms: 1500,
+            fail_processing_rate: 0.0,
         }
     }
 }
@@ -189,7 +206,7 @@ impl Injector {
         if self.roll(blanket(f.reset_rate)) {
             return Some(Fault::Reset);
         }
-        if route == DOWNLOAD_ROUTE && self.roll(f.truncate_rate) {
+        if (route == DOWNLOAD_ROUTE || route == ASSET_ROUTE) && self.roll(f.truncate_rate) {
             return Some(Fault::Truncate);
         }
         let after = f

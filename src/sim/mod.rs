@@ -1,12 +1,16 @@
 //! Simulated Tapis and WebODM on one loopback port (Tapis under `/v3/…`, WebODM under `/api/…`,
 //! control under `/__sim/…`), strict like the real servers (see `contracts/`), with a generated
-//! dataset, a report that checks WebODM's contents byte for byte, and request statistics.
+//! dataset, files written on Tapis, WebODM accounts, sharing and processing, a report that
+//! checks WebODM's contents and the results on Tapis byte for byte, and request statistics.
 
 mod auth;
 mod conn;
 mod dataset;
 mod faults;
+mod files;
+mod processing;
 mod report;
+mod sharing;
 mod tapis;
 mod util;
 mod webodm;
@@ -17,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -28,10 +33,14 @@ use tokio::task::JoinHandle;
 
 pub use dataset::{Dataset, DatasetSpec, Expected, ExpectedFlight, ExpectedImage, HOSTILE_FLIGHT};
 pub use faults::Faults;
-pub use report::{key_tag, PeakRps, Report, Stats, WebodmReport};
+pub use report::{
+    key_tag, CompanionReport, FlightReport, PeakRps, ProjectAccess, Report, ResultReport, Stats,
+    TaskReport, WebodmReport,
+};
+pub use sharing::SimGrantee;
 pub use webodm::{SimProject, SimTask};
 
-use faults::{Cut, Fault, Injector, DOWNLOAD_ROUTE, UPLOAD_ROUTE};
+use faults::{Cut, Fault, Injector, ASSET_ROUTE, DOWNLOAD_ROUTE, TAPIS_UPLOAD_ROUTE, UPLOAD_ROUTE};
 use report::{Counters, Service};
 use util::{html_404, json};
 
@@ -65,14 +74,29 @@ impl Default for Credentials {
     }
 }
 
+/// Who may see a Tapis system (`Sim::system_access`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemAccess {
+    /// The owner's username.
+    pub owner: String,
+    /// Users it is shared with.
+    pub shared_with: Vec<String>,
+    /// Shared publicly (every user of the tenant may read it).
+    pub public: bool,
+}
+
 /// State shared by every request handler.
 pub(crate) struct Shared {
     dataset: std::sync::RwLock<Arc<Dataset>>,
     creds: Credentials,
     tokens: Mutex<auth::Tokens>,
     webodm: Mutex<webodm::State>,
+    /// Files and folders written on Tapis.
+    written: Mutex<files::Written>,
     stats: Counters,
     faults: Injector,
+    /// The dataset's seed (processing failures are drawn from it).
+    seed: u64,
 }
 
 /// A running simulator.
@@ -96,13 +120,16 @@ impl Sim {
         listen: SocketAddr,
         faults: Faults,
     ) -> std::io::Result<Sim> {
+        let creds = Credentials::default();
         let shared = Arc::new(Shared {
             dataset: std::sync::RwLock::new(Arc::new(Dataset::generate(spec))),
-            creds: Credentials::default(),
+            webodm: Mutex::new(webodm::State::new(&creds.webodm_username)),
+            creds,
             tokens: Mutex::default(),
-            webodm: Mutex::default(),
+            written: Mutex::default(),
             stats: Counters::default(),
             faults: Injector::new(spec.seed, Faults::default()),
+            seed: spec.seed,
         });
         let listener = conn::ResetListener(tokio::net::TcpListener::bind(listen).await?);
         let addr = listener.0.local_addr()?;
@@ -172,7 +199,8 @@ impl Sim {
 
     /// Replaces what Tapis holds with the dataset of `spec`, as if people added or removed
     /// files (a file at the same path keeps its bytes when `seed` and `image_size` stay).
-    /// WebODM's contents are kept; the report checks them against the new dataset.
+    /// WebODM's contents and the files written on Tapis are kept; share lists are the new
+    /// dataset's; the report checks WebODM against the new dataset.
     pub fn replace_dataset(&self, spec: &DatasetSpec) {
         *self.shared.dataset.write().expect("dataset lock") = Arc::new(Dataset::generate(spec));
     }
@@ -218,6 +246,162 @@ impl Sim {
             .lock()
             .expect("webodm lock")
             .delete_project(id)
+    }
+
+    /// Who may see a Tapis system: its owner, share list and public flag.
+    pub fn system_access(&self, system: &str) -> Option<SystemAccess> {
+        let ds = self.shared.dataset();
+        let sys = ds.system(system)?;
+        Some(SystemAccess {
+            owner: sys.owner.clone(),
+            shared_with: sys.shares(),
+            public: sys.public,
+        })
+    }
+
+    /// Shares a Tapis system with `user` (as its owner would); false when the system does not
+    /// exist or already is shared with them.
+    pub fn share_system(&self, system: &str, user: &str) -> bool {
+        let ds = self.shared.dataset();
+        let Some(sys) = ds.system(system) else {
+            return false;
+        };
+        let mut shares = sys.shared_with.write().expect("shares lock");
+        if shares.iter().any(|u| u == user) {
+            return false;
+        }
+        shares.push(user.to_owned());
+        true
+    }
+
+    /// Stops sharing a Tapis system with `user`; whether it was shared with them.
+    pub fn unshare_system(&self, system: &str, user: &str) -> bool {
+        let ds = self.shared.dataset();
+        let Some(sys) = ds.system(system) else {
+            return false;
+        };
+        let mut shares = sys.shared_with.write().expect("shares lock");
+        let before = shares.len();
+        shares.retain(|u| u != user);
+        shares.len() != before
+    }
+
+    /// Writes a file on Tapis as a person would (folders made as needed, any file there
+    /// replaced); false when the system does not exist or a folder is in the way.
+    pub fn put_tapis_file(&self, system: &str, path: &str, bytes: impl Into<bytes::Bytes>) -> bool {
+        let ds = self.shared.dataset();
+        let Some(sys) = ds.system(system) else {
+            return false;
+        };
+        let segments: Vec<String> = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if segments.is_empty() {
+            return false;
+        }
+        let mut written = self.shared.written.lock().expect("written lock");
+        written.write(sys, &segments, bytes.into()).is_ok()
+    }
+
+    /// The content of a file on Tapis (written or generated), if there is one at `path`.
+    pub fn tapis_file(&self, system: &str, path: &str) -> Option<Vec<u8>> {
+        let ds = self.shared.dataset();
+        let sys = ds.system(system)?;
+        let segments: Vec<String> = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let entry = self
+            .shared
+            .written
+            .lock()
+            .expect("written lock")
+            .lookup(sys, &segments);
+        match entry? {
+            files::Entry::File(found) => Some(found.chunks().flat_map(|c| c.to_vec()).collect()),
+            files::Entry::Dir(_) => None,
+        }
+    }
+
+    /// Adds a WebODM user (email `<name>@example.org`); false when the name is taken.
+    pub fn add_webodm_user(&self, name: &str) -> bool {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .accounts
+            .add_user(name)
+    }
+
+    /// Adds a WebODM group; its id (the existing one when the name is taken).
+    pub fn add_webodm_group(&self, name: &str) -> i64 {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .accounts
+            .add_group(name)
+    }
+
+    /// Every WebODM username (the daemon's account, `AnonymousUser` and `admin` included).
+    pub fn webodm_usernames(&self) -> Vec<String> {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .accounts
+            .usernames()
+    }
+
+    /// Turns WebODM's users API (`/api/users/`, `/api/groups/`) on or off (off: 404, as with
+    /// `ENABLE_USERS_API = False`).
+    pub fn set_users_api(&self, on: bool) {
+        self.shared.webodm.lock().expect("webodm lock").accounts.api = on;
+    }
+
+    /// A person sets, in WebODM's UI, what a user or group may do on a project (`perms` from
+    /// `add`, `change`, `delete`, `view`; none removes them; the owner is never changed).
+    /// False when the project, user or group does not exist.
+    pub fn grant(&self, project_id: i64, who: SimGrantee, perms: &[&str]) -> bool {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .grant(project_id, &who, perms)
+    }
+
+    /// Makes every processing attempt started from now on (commit or restart) of the tasks of
+    /// this flight's projects (found by key tag) FAIL with `last_error` (`None`: null, as
+    /// NodeODM's test mode).
+    pub fn fail_processing(&self, system: &str, flight: &str, last_error: Option<&str>) {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .failing
+            .insert(key_tag(system, flight), last_error.map(str::to_owned));
+    }
+
+    /// Undoes [`Sim::fail_processing`]: attempts started from now on complete.
+    pub fn heal_processing(&self, system: &str, flight: &str) {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .failing
+            .remove(&key_tag(system, flight));
+    }
+
+    /// Cancels a task as a person would (`…/cancel/`): CANCELED (50); whether it existed.
+    pub fn cancel_task(&self, project_id: i64, task_id: &str) -> bool {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .cancel_task(project_id, task_id)
     }
 
     /// Sets the lifetime of Tapis access tokens issued from now on (default 4 h);
@@ -273,7 +457,8 @@ impl Drop for Sim {
 impl Shared {
     fn report(&self) -> Report {
         let projects = self.webodm.lock().expect("webodm lock").projects.clone();
-        report::build(&self.dataset(), &projects)
+        let written = self.written.lock().expect("written lock");
+        report::build(&self.dataset(), &projects, &written)
     }
 
     /// The current dataset.
@@ -366,7 +551,7 @@ async fn handle(
         }
         Fault::Reset => {
             sh.stats.fault("reset");
-            if route == DOWNLOAD_ROUTE {
+            if route == DOWNLOAD_ROUTE || route == ASSET_ROUTE {
                 let cut = Cut {
                     share: sh.faults.share(),
                     reset: Some(reset.clone()),
@@ -379,6 +564,9 @@ async fn handle(
                 }
             } else if route == UPLOAD_ROUTE {
                 read_part(req).await;
+            } else if route == TAPIS_UPLOAD_ROUTE {
+                // The handler stores what arrived before the connection died.
+                drop(dispatch(&sh, service, cut_body(req), None).await);
             }
             reset.trigger();
             sh.stats.answered(route, "reset".to_owned());
@@ -399,7 +587,7 @@ async fn dispatch(
 ) -> (String, Response) {
     match service {
         Service::Tapis => tapis::handle(sh, req, cut).await,
-        Service::Webodm => webodm::handle(sh, req).await,
+        Service::Webodm => webodm::handle(sh, req, cut).await,
         Service::Other => {
             let path = req.uri().path().to_owned();
             ("<unknown>".to_owned(), html_404(&path))
@@ -413,6 +601,31 @@ fn fault_error(service: Service, status: StatusCode) -> Response {
         Service::Tapis => tapis::fault_error(status),
         _ => webodm::fault_error(status),
     }
+}
+
+/// The request with a body that ends in a connection reset after about half of its bytes.
+fn cut_body(req: Request) -> Request {
+    let half = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map_or(1, |n| (n / 2).max(1));
+    let (parts, body) = req.into_parts();
+    let head = body.into_data_stream().scan(half, |left, chunk| {
+        let out = match chunk {
+            Ok(chunk) if *left > 0 => {
+                let take = (*left).min(chunk.len() as u64);
+                *left -= take;
+                Some(Ok::<_, std::io::Error>(chunk.slice(..take as usize)))
+            }
+            _ => None,
+        };
+        std::future::ready(out)
+    });
+    let reset = futures_util::stream::once(async {
+        Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+    });
+    Request::from_parts(parts, Body::from_stream(head.chain(reset)))
 }
 
 /// Reads about half of a request body (at least one chunk) and drops the rest unread.
@@ -492,6 +705,13 @@ pub struct SimArgs {
     /// and 6 h, as the real servers).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub token_ttl: Option<u64>,
+    /// Time a committed task takes to reach COMPLETED (or FAILED), in milliseconds; 0 = no
+    /// processing node (status stays null).
+    #[arg(long, default_value_t = Faults::default().process_ms, value_name = "MS")]
+    pub process_ms: u64,
+    /// Share of tasks whose first processing attempt FAILS (a restart completes), from 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_name = "F", value_parser = parse_rate)]
+    pub fail_processing_rate: f64,
     /// Write a daemon config pointing at the simulator here (with a fresh state dir beside it).
     #[arg(long)]
     pub write_config: Option<PathBuf>,
@@ -507,6 +727,8 @@ impl SimArgs {
             reset_rate: self.reset_rate,
             truncate_rate: self.truncate_rate,
             token_ttl: self.token_ttl.map(Duration::from_secs),
+            process_ms: self.process_ms,
+            fail_processing_rate: self.fail_processing_rate,
             ..Faults::default()
         }
     }
@@ -531,6 +753,7 @@ pub async fn serve_cli(args: SimArgs) -> std::io::Result<()> {
         image_size: args.image_size,
         big_flight_images: None,
         decoys: true,
+        companions: false,
     };
     let faults = args.faults();
     let sim = Sim::start_with(&spec, args.listen, faults.clone()).await?;

@@ -1,5 +1,6 @@
-//! Simulated Tapis v3 (`/v3/…`): tokens, systems listing, file listing and content, following
-//! `contracts/tapis.md` (server behaviour, not the OpenAPI spec).
+//! Simulated Tapis v3 (`/v3/…`): tokens, systems listing and share info, file listing,
+//! content, folder creation and uploads, following `contracts/tapis.md` (server behaviour, not
+//! the OpenAPI spec).
 // Handlers return a ready error `Response` as `Err`, once per request: its size is no concern.
 #![allow(clippy::result_large_err)]
 
@@ -9,18 +10,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use bytes::BytesMut;
 use futures_util::{stream, StreamExt};
 use rand::seq::SliceRandom;
 use serde_json::{json, Map, Value};
 
 use super::auth::{Check, Issued, Kind};
-use super::dataset::{Dataset, Dir, File, NodeRef, SimSystem};
+use super::dataset::{Dataset, Dir, SimSystem};
 use super::faults::Cut;
+use super::files::{Conflict, Entry, Item};
 use super::util::{
     fmt_time, glob_match, json, like_match, param, percent_decode, query_pairs, text, unix, TimeFmt,
 };
@@ -35,6 +38,11 @@ pub(crate) fn template(path: &str) -> Option<&'static str> {
         Some("/v3/oauth2/tokens")
     } else if rest == "systems" {
         Some("/v3/systems")
+    } else if rest
+        .strip_prefix("systems/share/")
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    {
+        Some("/v3/systems/share/{system}")
     } else if let Some(p) = rest.strip_prefix("files/ops/") {
         let file = p.split_once('/').map_or("", |(_, f)| f);
         Some(if file.trim_matches('/').is_empty() {
@@ -63,9 +71,12 @@ pub(crate) async fn handle(sh: &Arc<Shared>, req: Request, cut: Option<Cut>) -> 
         .or_else(|| rest.strip_prefix("files/content/"))
         .map(|p| p.split_once('/').unwrap_or((p, "")));
     let method = req.method().clone();
-    if method != Method::GET && method != Method::POST
-        || (method == Method::POST) != (template == "/v3/oauth2/tokens")
-    {
+    let allowed: &[Method] = match template {
+        "/v3/oauth2/tokens" => &[Method::POST],
+        "/v3/files/ops/{system}" | "/v3/files/ops/{system}/{path}" => &[Method::GET, Method::POST],
+        _ => &[Method::GET],
+    };
+    if !allowed.contains(&method) {
         return (
             template.to_owned(),
             text(
@@ -83,22 +94,33 @@ pub(crate) async fn handle(sh: &Arc<Shared>, req: Request, cut: Option<Cut>) -> 
     };
     let q = query_pairs(req.uri().query());
     let resp = match target {
-        None => list_systems(sh, &user, &q),
+        None if template == "/v3/systems" => list_systems(sh, &user, &q),
+        None => {
+            let id = percent_decode(rest.strip_prefix("systems/share/").unwrap_or(""));
+            share_info(sh, &user, &id)
+        }
         Some((sys, file)) => {
             let sys = percent_decode(sys);
-            let segments: Vec<String> = file
-                .split('/')
-                .map(percent_decode)
-                .filter(|s| !s.is_empty() && s != ".." && s != ".")
-                .collect();
-            if template.starts_with("/v3/files/ops/") {
-                list_files(sh, &user, &sys, &segments, &q)
-            } else {
-                content(sh, &user, &sys, &segments, cut)
+            let segments = path_segments(file);
+            match (template, method == Method::POST) {
+                ("/v3/files/ops/{system}", true) => mkdir(sh, &user, &sys, req).await,
+                (_, true) => insert(sh, &user, &sys, segments, req).await,
+                ("/v3/files/content/{system}/{path}", _) => {
+                    content(sh, &user, &sys, &segments, cut)
+                }
+                _ => list_files(sh, &user, &sys, &segments, &q),
             }
         }
     };
     (template.to_owned(), resp)
+}
+
+/// The segments of a path, percent-decoded, without empty, `.` and `..` segments.
+fn path_segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .map(percent_decode)
+        .filter(|s| !s.is_empty() && s != ".." && s != ".")
+        .collect()
 }
 
 /// Checks `X-Tapis-Token` the way the Tapis JWT filter does.
@@ -346,7 +368,7 @@ fn system_json(s: &SimSystem) -> Map<String, Value> {
         "parentId": null,
         "tags": [],
         "notes": {},
-        "isPublic": false,
+        "isPublic": s.public,
         "isDynamicEffectiveUser": false,
         "deleted": false,
         "created": "2024-04-01T12:00:00.000000Z",
@@ -466,8 +488,9 @@ fn list_systems(sh: &Shared, user: &str, q: &[(String, String)]) -> Response {
     let list_type = param(q, "listType").unwrap_or("OWNED").to_ascii_uppercase();
     let visible: fn(&SimSystem, &str) -> bool = match list_type.as_str() {
         "OWNED" => |s, u| s.owner == u,
-        "SHARED_PUBLIC" | "READ_PERM" => |_, _| false,
-        "SHARED_DIRECT" => |s, u| s.owner != u && s.shared_with.iter().any(|x| x == u),
+        "SHARED_PUBLIC" => |s, u| s.owner != u && s.public,
+        "READ_PERM" => |_, _| false,
+        "SHARED_DIRECT" => |s, u| s.owner != u && s.is_shared_with(u),
         "ALL" | "MINE" => |s, u| s.visible_to(u),
         other => {
             return error_json(
@@ -650,29 +673,22 @@ fn path_not_found(sys: &str, path: &str) -> Response {
     )
 }
 
-fn file_item(sys: &str, path: &str, node: NodeRef<'_>) -> Value {
-    let (name, mtime, kind, mime, perms, size) = match node {
-        NodeRef::Dir(d) => (&d.name, d.mtime, "dir", None, "rwxr-xr-x", 4096),
-        NodeRef::File(f) => (
-            &f.name,
-            f.mtime,
-            "file",
-            Some(f.mime()),
-            "rw-r--r--",
-            f.size,
-        ),
+fn file_item(sys: &str, path: &str, item: &Item<'_>) -> Value {
+    let (kind, perms) = match item.dir {
+        Some(_) => ("dir", "rwxr-xr-x"),
+        None => ("file", "rw-r--r--"),
     };
     json!({
-        "mimeType": mime,
+        "mimeType": item.mime,
         "type": kind,
         "owner": "1003",
         "group": "1003",
         "nativePermissions": perms,
         "url": format!("tapis://{sys}/{path}"),
-        "lastModified": fmt_time(std::time::Duration::from_secs(mtime), TimeFmt::Seconds),
-        "name": name,
+        "lastModified": fmt_time(std::time::Duration::from_secs(item.mtime), TimeFmt::Seconds),
+        "name": item.name,
         "path": path,
-        "size": size,
+        "size": item.size,
     })
 }
 
@@ -684,36 +700,35 @@ fn join(parent: &str, name: &str) -> String {
     }
 }
 
-/// Lists `dir` (at `path`), applying pattern/offset/limit; recursing as Tapis does.
-fn list_dir(
-    sys: &str,
-    path: &str,
-    dir: &Dir,
-    pattern: Option<&str>,
-    (offset, limit): (usize, usize),
-    depth: Option<usize>,
-    out: &mut Vec<Value>,
-) {
-    let entries = dir
-        .children
-        .iter()
-        .filter(|c| pattern.is_none_or(|p| glob_match(p, c.name())))
-        .skip(offset)
-        .take(limit);
-    for child in entries {
-        let child_path = join(path, child.name());
-        out.push(file_item(sys, &child_path, child.as_ref()));
-        if let (Some(d), NodeRef::Dir(sub)) = (depth, child.as_ref()) {
-            if d < 20 {
-                list_dir(
-                    sys,
-                    &child_path,
-                    sub,
-                    pattern,
-                    (offset, limit),
-                    Some(d + 1),
-                    out,
-                );
+/// A listing in progress: where items go and what selects them.
+struct Listing<'a> {
+    written: &'a super::files::Written,
+    sys: &'a str,
+    pattern: Option<&'a str>,
+    offset: usize,
+    limit: usize,
+    out: Vec<Value>,
+}
+
+impl Listing<'_> {
+    /// Lists the folder at `path` (generated part `dir`), applying pattern/offset/limit;
+    /// recursing as Tapis does when `depth` is set.
+    fn dir(&mut self, path: &str, dir: Option<&Dir>, depth: Option<usize>) {
+        let children = self.written.children(self.sys, path, dir);
+        let pattern = self.pattern;
+        let entries: Vec<Item<'_>> = children
+            .into_iter()
+            .filter(|c| pattern.is_none_or(|p| glob_match(p, &c.name)))
+            .skip(self.offset)
+            .take(self.limit)
+            .collect();
+        for child in entries {
+            let child_path = join(path, &child.name);
+            self.out.push(file_item(self.sys, &child_path, &child));
+            if let (Some(d), Some(sub)) = (depth, child.dir) {
+                if d < 20 {
+                    self.dir(&child_path, sub, Some(d + 1));
+                }
             }
         }
     }
@@ -762,22 +777,28 @@ fn list_files(
     }
     let recurse = param(q, "recurse").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let path = segments.join("/");
-    let Some(node) = sys.root.lookup(segments) else {
+    let written = sh.written.lock().expect("written lock");
+    let Some(entry) = written.lookup(sys, segments) else {
         return path_not_found(sys_id, &path);
     };
-    let mut items = Vec::new();
-    match node {
-        NodeRef::File(_) => items.push(file_item(sys_id, &path, node)),
-        NodeRef::Dir(d) => list_dir(
-            sys_id,
-            &path,
-            d,
-            pattern,
-            (offset as usize, limit as usize),
-            recurse.then_some(1),
-            &mut items,
-        ),
+    let mut listing = Listing {
+        written: &written,
+        sys: sys_id,
+        pattern,
+        offset: offset as usize,
+        limit: limit as usize,
+        out: Vec::new(),
+    };
+    match entry {
+        Entry::File(found) => {
+            let name = segments.last().map_or("", String::as_str);
+            listing
+                .out
+                .push(file_item(sys_id, &path, &found.item(name)));
+        }
+        Entry::Dir(d) => listing.dir(&path, d, recurse.then_some(1)),
     }
+    let items = listing.out;
     json(
         StatusCode::OK,
         &json!({"status": "success", "message": "FILES_LIST_SUCCESS Listing successful.", "result": items, "version": VERSION, "metadata": {}}),
@@ -797,20 +818,26 @@ fn content(
         Err(r) => return r,
     };
     let path = segments.join("/");
-    let file: &File = match sys.root.lookup(segments) {
+    let found = sh
+        .written
+        .lock()
+        .expect("written lock")
+        .lookup(sys, segments);
+    let file = match found {
         None => return path_not_found(sys_id, &path),
-        Some(NodeRef::Dir(_)) => {
+        Some(Entry::Dir(_)) => {
             return error_json(
                 StatusCode::BAD_REQUEST,
                 format!("FILES_CONT_DIR_NOZIP Path is a directory; zip=true is required. System: {sys_id} Path: /{path}"),
             )
         }
-        Some(NodeRef::File(f)) => f,
+        Some(Entry::File(f)) => f,
     };
-    let limit = cut.as_ref().map_or(u64::MAX, |c| c.limit(file.size));
+    let name = segments.last().cloned().unwrap_or_default();
+    let limit = cut.as_ref().map_or(u64::MAX, |c| c.limit(file.size()));
     let counter = Arc::clone(sh);
     let mut sent = 0u64;
-    let chunks = file.reader().map_while(move |chunk| {
+    let chunks = file.chunks().map_while(move |chunk| {
         let take = (limit - sent).min(chunk.len() as u64);
         if take == 0 {
             return None;
@@ -837,10 +864,230 @@ fn content(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if let Ok(v) =
-        HeaderValue::from_bytes(format!("attachment; filename=\"{}\"", file.name).as_bytes())
-    {
+    if let Ok(v) = HeaderValue::from_bytes(format!("attachment; filename=\"{name}\"").as_bytes()) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     r
+}
+
+/// `GET /v3/systems/share/{id}`: who the system is shared with, and whether publicly.
+fn share_info(sh: &Shared, user: &str, id: &str) -> Response {
+    let ds = sh.dataset();
+    let Some(sys) = ds.system(id) else {
+        return error_json(
+            StatusCode::NOT_FOUND,
+            format!("SYSAPI_NOT_FOUND System not found. System: {id}"),
+        );
+    };
+    if !sys.visible_to(user) {
+        return error_json(
+            StatusCode::FORBIDDEN,
+            format!("SYSAPI_UNAUTH User not authorized. User: {user} System: {id}"),
+        );
+    }
+    json(
+        StatusCode::OK,
+        &json!({
+            "status": "success",
+            "message": format!("TAPIS_FOUND Share info found for system {id}"),
+            "version": VERSION,
+            "result": {"public": sys.public, "userList": sys.shares()},
+            "metadata": null,
+        }),
+    )
+}
+
+/// The answer to a write that succeeded.
+fn written_ok(message: String) -> Response {
+    json(
+        StatusCode::OK,
+        &json!({"status": "success", "message": message, "result": null, "version": VERSION, "metadata": null}),
+    )
+}
+
+/// The answer to a write that clashes with what is there.
+fn conflict(sys: &str, c: Conflict) -> Response {
+    let message = match c {
+        Conflict::NotADir(p) => {
+            format!("FILES_CLIENT_SSH_OP_ERR Path exists and is not a directory. System: {sys} Path: /{p}")
+        }
+        Conflict::IsADir(p) => {
+            format!("FILES_CLIENT_SSH_OP_ERR Path is a directory. System: {sys} Path: /{p}")
+        }
+    };
+    service_error(StatusCode::BAD_REQUEST, message)
+}
+
+/// `POST /v3/files/ops/{system}` with JSON `{"path": …}`: makes the folder and its parents; an
+/// existing folder is no error.
+async fn mkdir(sh: &Shared, user: &str, sys_id: &str, req: Request) -> Response {
+    let ds = sh.dataset();
+    let sys = match files_system(&ds, user, sys_id) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                "Could not read the request body.".into(),
+            )
+        }
+    };
+    let path = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => v.get("path").and_then(Value::as_str).map(str::to_owned),
+        Err(e) => {
+            return error_json(
+                StatusCode::BAD_REQUEST,
+                format!("FILES_JSON_PARSE_ERR Unable to parse the request body: {e}"),
+            )
+        }
+    };
+    let Some(path) = path else {
+        return error_json(
+            StatusCode::BAD_REQUEST,
+            "mkdir.path: must not be null".into(),
+        );
+    };
+    let segments = path_segments(&path);
+    let made = sh
+        .written
+        .lock()
+        .expect("written lock")
+        .mkdir(sys, &segments);
+    match made {
+        Ok(()) => written_ok(format!(
+            "FILES_MKDIR_OK Directory created. System: {sys_id} Path: /{}",
+            segments.join("/")
+        )),
+        Err(c) => conflict(sys_id, c),
+    }
+}
+
+/// An upload in progress: the target already exists, truncated; whatever arrived is stored
+/// when it ends, also when the upload is cut short or abandoned, as a write over SSH leaves
+/// a partial file behind.
+struct Upload<'a> {
+    sh: &'a Shared,
+    sys: String,
+    segments: Vec<String>,
+    buf: BytesMut,
+    stored: bool,
+}
+
+impl<'a> Upload<'a> {
+    /// Opens the target for writing: from now on it exists, truncated.
+    fn open(sh: &'a Shared, sys: &str, segments: Vec<String>) -> Upload<'a> {
+        let mut upload = Upload {
+            sh,
+            sys: sys.to_owned(),
+            segments,
+            buf: BytesMut::new(),
+            stored: false,
+        };
+        upload.store();
+        upload.stored = false;
+        upload
+    }
+
+    /// Writes what arrived so far as the file's content.
+    fn store(&mut self) {
+        self.stored = true;
+        let ds = self.sh.dataset();
+        if let Some(sys) = ds.system(&self.sys) {
+            let bytes = std::mem::take(&mut self.buf).freeze();
+            // The target was checked when the upload began; a clash now leaves it as it is.
+            let _ = self
+                .sh
+                .written
+                .lock()
+                .expect("written lock")
+                .write(sys, &self.segments, bytes);
+        }
+    }
+}
+
+impl Drop for Upload<'_> {
+    fn drop(&mut self) {
+        if !self.stored {
+            self.store();
+        }
+    }
+}
+
+/// `POST /v3/files/ops/{system}/{path}` multipart with the field `file`: writes the file,
+/// making missing parent folders and overwriting a file already there with no condition.
+async fn insert(
+    sh: &Shared,
+    user: &str,
+    sys_id: &str,
+    segments: Vec<String>,
+    req: Request,
+) -> Response {
+    {
+        let ds = sh.dataset();
+        let sys = match files_system(&ds, user, sys_id) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        if segments.is_empty() {
+            return conflict(sys_id, Conflict::IsADir(String::new()));
+        }
+        let written = sh.written.lock().expect("written lock");
+        if let Err(c) = written.check_file(sys, &segments) {
+            return conflict(sys_id, c);
+        }
+    }
+    let mut multipart = match Multipart::from_request(req, &()).await {
+        Ok(m) => m,
+        Err(_) => {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "HTTP 415 Unsupported Media Type".into(),
+            )
+        }
+    };
+    loop {
+        let mut field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                return error_json(
+                    StatusCode::BAD_REQUEST,
+                    format!("FILES_UPLOAD_ERR Upload failed: {e}"),
+                )
+            }
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let mut upload = Upload::open(sh, sys_id, segments);
+        loop {
+            match field.chunk().await {
+                Ok(Some(chunk)) => {
+                    sh.stats
+                        .tapis_bytes_uploaded
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    upload.buf.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return error_json(
+                        StatusCode::BAD_REQUEST,
+                        format!("FILES_UPLOAD_ERR Upload failed: {e}"),
+                    )
+                }
+            }
+        }
+        upload.store();
+        let path = upload.segments.join("/");
+        return written_ok(format!(
+            "FILES_INSERT_OK File uploaded. System: {sys_id} Path: /{path}"
+        ));
+    }
+    error_json(
+        StatusCode::BAD_REQUEST,
+        "FILES_UPLOAD_ERR No file was given in the form field `file`.".into(),
+    )
 }

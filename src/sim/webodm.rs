@@ -2,20 +2,25 @@
 // Handlers return a ready error `Response` as `Err`, once per request: its size is no concern.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
+use futures_util::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::auth::{Check, Kind};
+use super::faults::Cut;
+use super::processing::{self, Outcome, Processing};
+use super::report::TaskReport;
+use super::sharing::{self, Accounts, Perms};
 use super::util::{
     fmt_time, html_404, json, param, percent_decode, query_pairs, respond, unix, uuid4, TimeFmt,
 };
@@ -34,6 +39,12 @@ pub struct SimProject {
     pub tags: Vec<String>,
     /// Tasks in creation order.
     pub tasks: Vec<SimTask>,
+    /// The account that created it (it has every permission).
+    pub owner: String,
+    /// Other users who may see it: username → permissions (`add`, `change`, `delete`, `view`).
+    pub users: BTreeMap<String, Vec<String>>,
+    /// Groups that may see it: name → permissions.
+    pub groups: BTreeMap<String, Vec<String>>,
 }
 
 /// A WebODM task as the simulator holds it.
@@ -51,13 +62,28 @@ pub struct SimTask {
     pub tags: Vec<String>,
     /// Stored images: name → (size, SHA-256 hex).
     pub images: BTreeMap<String, (u64, String)>,
+    /// Processing status now: `None` (not picked up), 10 queued, 20 running, 30 failed,
+    /// 40 completed, 50 canceled.
+    pub status: Option<i64>,
+    /// The processing error of a failed attempt (may be `None` even then).
+    pub last_error: Option<String>,
+    /// Processing attempts started: commits (also of a committed task) and restarts.
+    pub attempts: u32,
+    /// `restart/` requests received.
+    pub restarts: u32,
+    /// Assets offered for download (filled once completed).
+    pub available_assets: Vec<String>,
 }
 
 /// The simulated WebODM's data.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     next_id: i64,
     pub projects: Vec<Project>,
+    /// Users and groups.
+    pub accounts: Accounts,
+    /// Flights (by key tag) whose every processing attempt fails, with this `last_error`.
+    pub failing: HashMap<String, Option<String>>,
 }
 
 /// A stored project.
@@ -70,6 +96,8 @@ pub(crate) struct Project {
     tags: String,
     created_at: String,
     pub tasks: Vec<Task>,
+    /// Who may see it.
+    pub perms: Perms,
 }
 
 /// A stored task.
@@ -84,6 +112,7 @@ pub(crate) struct Task {
     tags: String,
     created_at: String,
     pub images: BTreeMap<String, (u64, String)>,
+    pub processing: Processing,
 }
 
 /// Splits stored tags the way the API returns them.
@@ -118,51 +147,95 @@ impl Project {
 
     /// The public read-back form.
     pub fn to_sim(&self) -> SimProject {
+        let map = |list: &[(String, Vec<String>)]| list.iter().cloned().collect();
         SimProject {
             id: self.id,
             name: self.name.clone(),
             description: self.description.clone(),
             tags: self.tags(),
-            tasks: self
-                .tasks
-                .iter()
-                .map(|t| SimTask {
-                    id: t.id.clone(),
-                    name: t.name.clone(),
-                    partial: t.partial,
-                    options: t.options.clone(),
-                    tags: split_tags(&t.tags),
-                    images: t.images.clone(),
-                })
-                .collect(),
+            tasks: self.tasks.iter().map(Task::to_sim).collect(),
+            owner: self.perms.owner.clone(),
+            users: map(&self.perms.users),
+            groups: map(&self.perms.groups),
         }
+    }
+
+    /// The `last_error` every attempt of this project's tasks gets, when its flight was told
+    /// to fail.
+    fn failing<'a>(
+        &self,
+        failing: &'a HashMap<String, Option<String>>,
+    ) -> Option<&'a Option<String>> {
+        self.tags().iter().find_map(|t| failing.get(t))
     }
 }
 
 impl Task {
+    /// Assets offered now (none until completed).
+    fn available_assets(&self, completed: bool) -> Vec<String> {
+        if completed {
+            processing::assets(&self.options, self.images.keys())
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Its processing now, for the report.
+    pub fn report(&self) -> TaskReport {
+        let v = self.processing.view();
+        TaskReport {
+            id: self.id.clone(),
+            partial: self.partial,
+            available_assets: self.available_assets(v.completed),
+            status: v.status,
+            last_error: v.last_error,
+            attempts: self.processing.attempts,
+            restarts: self.processing.restarts,
+        }
+    }
+
+    /// The public read-back form, with the processing state now.
+    fn to_sim(&self) -> SimTask {
+        let v = self.processing.view();
+        SimTask {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            partial: self.partial,
+            options: self.options.clone(),
+            tags: split_tags(&self.tags),
+            images: self.images.clone(),
+            status: v.status,
+            last_error: v.last_error,
+            attempts: self.processing.attempts,
+            restarts: self.processing.restarts,
+            available_assets: self.available_assets(v.completed),
+        }
+    }
+
     fn json(&self) -> Value {
+        let v = self.processing.view();
         json!({
             "id": self.id,
             "project": self.project,
-            "processing_node": null,
-            "processing_node_name": null,
+            "processing_node": if v.on_node { json!(1) } else { Value::Null },
+            "processing_node_name": if v.on_node { json!("node-odm-1") } else { Value::Null },
             "can_rerun_from": [],
             "uuid": "",
             "name": self.name,
-            "processing_time": -1,
+            "processing_time": v.processing_time,
             "auto_processing_node": self.auto_processing_node,
-            "status": null,
-            "last_error": null,
+            "status": v.status,
+            "last_error": v.last_error,
             "options": self.options,
-            "available_assets": [],
+            "available_assets": self.available_assets(v.completed),
             "created_at": self.created_at,
-            "pending_action": null,
+            "pending_action": v.pending_action,
             "public": false,
             "public_edit": false,
             "resize_to": -1,
             "upload_progress": 0.0,
             "resize_progress": 0.0,
-            "running_progress": 0.0,
+            "running_progress": v.running_progress,
             "import_url": "",
             "images_count": self.images.len(),
             "partial": self.partial,
@@ -177,6 +250,16 @@ impl Task {
 }
 
 impl State {
+    /// An empty WebODM whose only non-stock account is `daemon`'s.
+    pub fn new(daemon: &str) -> State {
+        State {
+            next_id: 0,
+            projects: Vec::new(),
+            accounts: Accounts::new(daemon),
+            failing: HashMap::new(),
+        }
+    }
+
     fn project(&mut self, id: &str) -> Option<&mut Project> {
         let id: i64 = id.parse().ok()?;
         self.projects.iter_mut().find(|p| p.id == id)
@@ -208,6 +291,39 @@ impl State {
         let before = self.projects.len();
         self.projects.retain(|p| p.id != id);
         self.projects.len() != before
+    }
+
+    /// A person sets what `who` may do on a project; false when the project, user or group
+    /// does not exist.
+    pub fn grant(&mut self, project_id: i64, who: &sharing::SimGrantee, perms: &[&str]) -> bool {
+        let known = match who {
+            sharing::SimGrantee::User(u) => self.accounts.has_user(u),
+            sharing::SimGrantee::Group(g) => self.accounts.has_group(g),
+        };
+        match self.projects.iter_mut().find(|p| p.id == project_id) {
+            Some(p) if known => {
+                p.perms.grant(who, perms);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A person cancels a task (as `…/cancel/` does); whether it existed.
+    pub fn cancel_task(&mut self, project_id: i64, task_id: &str) -> bool {
+        let task = self
+            .projects
+            .iter_mut()
+            .find(|p| p.id == project_id)
+            .and_then(|p| p.tasks.iter_mut().find(|t| t.id == task_id));
+        match task {
+            Some(t) => {
+                t.partial = false;
+                t.processing.cancel();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -250,6 +366,13 @@ enum Route {
     Upload,
     Commit,
     Download,
+    Users,
+    Groups,
+    Permissions,
+    Edit,
+    Restart,
+    Cancel,
+    Asset,
 }
 
 impl Route {
@@ -263,15 +386,30 @@ impl Route {
             Route::Upload => "/api/projects/{project}/tasks/{task}/upload/",
             Route::Commit => "/api/projects/{project}/tasks/{task}/commit/",
             Route::Download => "/api/projects/{project}/tasks/{task}/images/download/{filename}",
+            Route::Users => "/api/users/",
+            Route::Groups => "/api/groups/",
+            Route::Permissions => "/api/projects/{project}/permissions/",
+            Route::Edit => "/api/projects/{project}/edit/",
+            Route::Restart => "/api/projects/{project}/tasks/{task}/restart/",
+            Route::Cancel => "/api/projects/{project}/tasks/{task}/cancel/",
+            Route::Asset => "/api/projects/{project}/tasks/{task}/download/{asset}",
         }
     }
 
     fn methods(self) -> &'static [Method] {
         match self {
-            Route::TokenAuth | Route::Upload | Route::Commit => &[Method::POST],
+            Route::TokenAuth
+            | Route::Upload
+            | Route::Commit
+            | Route::Edit
+            | Route::Restart
+            | Route::Cancel => &[Method::POST],
             Route::Projects | Route::Tasks => &[Method::GET, Method::POST],
-            Route::Project | Route::Task => &[Method::GET],
+            Route::Project | Route::Task | Route::Users | Route::Groups | Route::Permissions => {
+                &[Method::GET]
+            }
             Route::Download => &[Method::HEAD],
+            Route::Asset => &[Method::GET, Method::HEAD],
         }
     }
 }
@@ -291,6 +429,19 @@ fn route(path: &str) -> Option<(Route, Vec<&str>)> {
         return (!file.is_empty() && ids.iter().all(|s| !s.is_empty()))
             .then(|| (Route::Download, vec![segs[1], segs[3], file]));
     }
+    // `…/download/<asset>`: the rest of the path, no trailing slash.
+    if segs.len() >= 6 && segs[0] == "projects" && segs[2] == "tasks" && segs[4] == "download" {
+        let asset = &rest[segs[..5].iter().map(|s| s.len() + 1).sum::<usize>()..];
+        let ids = [segs[1], segs[3]];
+        return (!asset.is_empty() && ids.iter().all(|s| !s.is_empty()))
+            .then(|| (Route::Asset, vec![segs[1], segs[3], asset]));
+    }
+    // WebODM matches these two unanchored: with or without the trailing slash.
+    match rest {
+        "users" | "users/" => return Some((Route::Users, vec![])),
+        "groups" | "groups/" => return Some((Route::Groups, vec![])),
+        _ => {}
+    }
     let segs = rest.strip_suffix('/')?.split('/').collect::<Vec<_>>();
     if segs.iter().any(|s| s.is_empty()) {
         return None;
@@ -303,6 +454,10 @@ fn route(path: &str) -> Option<(Route, Vec<&str>)> {
         ["projects", p, "tasks", t] => (Route::Task, vec![*p, *t]),
         ["projects", p, "tasks", t, "upload"] => (Route::Upload, vec![*p, *t]),
         ["projects", p, "tasks", t, "commit"] => (Route::Commit, vec![*p, *t]),
+        ["projects", p, "permissions"] => (Route::Permissions, vec![*p]),
+        ["projects", p, "edit"] => (Route::Edit, vec![*p]),
+        ["projects", p, "tasks", t, "restart"] => (Route::Restart, vec![*p, *t]),
+        ["projects", p, "tasks", t, "cancel"] => (Route::Cancel, vec![*p, *t]),
         _ => return None,
     };
     Some(r)
@@ -368,8 +523,9 @@ pub(crate) fn throttled(retry_after_secs: u64) -> Response {
     r
 }
 
-/// Answers one `/api/…` request; returns the route template for stats.
-pub(crate) async fn handle(sh: &Arc<Shared>, req: Request) -> (String, Response) {
+/// Answers one `/api/…` request; returns the route template for stats. An asset download is
+/// cut short as `cut` says.
+pub(crate) async fn handle(sh: &Arc<Shared>, req: Request, cut: Option<Cut>) -> (String, Response) {
     let path = req.uri().path().to_owned();
     let Some((route, params)) = route(&path) else {
         return ("<unknown>".to_owned(), html_404(&path));
@@ -383,16 +539,23 @@ pub(crate) async fn handle(sh: &Arc<Shared>, req: Request) -> (String, Response)
         }
         return (template, token_auth(sh, req).await);
     }
-    if let Err(r) = authenticate(sh, req.headers()) {
-        return (template, r);
+    if matches!(route, Route::Users | Route::Groups)
+        && !sh.webodm.lock().expect("webodm lock").accounts.api
+    {
+        // The site turned its users API off: these URLs do not exist.
+        return (template, html_404(&path));
     }
+    let user = match authenticate(sh, req.headers()) {
+        Ok(user) => user,
+        Err(r) => return (template, r),
+    };
     if !route.methods().contains(&method) {
         return (template, method_not_allowed(&method));
     }
     let resp = match (route, method) {
         (Route::Projects, Method::GET) => list_projects(sh, &req),
         (Route::Projects, _) => match read_body(req).await {
-            Ok(body) => create_project(sh, &body),
+            Ok(body) => create_project(sh, &user, &body),
             Err(r) => r,
         },
         (Route::Project, _) => {
@@ -401,8 +564,12 @@ pub(crate) async fn handle(sh: &Arc<Shared>, req: Request) -> (String, Response)
                 .map_or_else(not_found, |p| json(StatusCode::OK, &p.json()))
         }
         (Route::Tasks, Method::GET) => {
+            let process_ms = sh.faults.get().process_ms;
             let mut st = sh.webodm.lock().expect("webodm lock");
             st.project(&params[0]).map_or_else(not_found, |p| {
+                for t in &mut p.tasks {
+                    t.processing.tick(process_ms);
+                }
                 let tasks: Vec<Value> = p.tasks.iter().map(Task::json).collect();
                 json(StatusCode::OK, &Value::Array(tasks))
             })
@@ -411,14 +578,47 @@ pub(crate) async fn handle(sh: &Arc<Shared>, req: Request) -> (String, Response)
             Ok(body) => create_task(sh, &params[0], &body),
             Err(r) => r,
         },
-        (Route::Task, _) => with_task(sh, &params, |t| json(StatusCode::OK, &t.json())),
-        (Route::Commit, _) => with_task(sh, &params, |t| {
-            if t.images.is_empty() {
-                return bad(json!(["You need to upload at least 1 file before commit"]));
-            }
+        (Route::Task, _) => {
+            let process_ms = sh.faults.get().process_ms;
+            with_task(sh, &params, |t| {
+                t.processing.tick(process_ms);
+                json(StatusCode::OK, &t.json())
+            })
+        }
+        (Route::Commit, _) => commit(sh, &params),
+        (Route::Restart, _) => restart(sh, &params),
+        (Route::Cancel, _) => with_task(sh, &params, |t| {
             t.partial = false;
-            json(StatusCode::OK, &t.json())
+            t.processing.cancel();
+            json(StatusCode::OK, &json!({"success": true}))
         }),
+        (Route::Asset, method) => asset(sh, &params, method == Method::HEAD, cut),
+        (Route::Users, _) => {
+            let q = query_pairs(req.uri().query());
+            let st = sh.webodm.lock().expect("webodm lock");
+            st.accounts.search_users(&q)
+        }
+        (Route::Groups, _) => {
+            let q = query_pairs(req.uri().query());
+            let st = sh.webodm.lock().expect("webodm lock");
+            st.accounts.search_groups(&q)
+        }
+        (Route::Permissions, _) => {
+            let mut st = sh.webodm.lock().expect("webodm lock");
+            match st.project(&params[0]).map(|p| p.perms.clone()) {
+                Some(perms) => perms.answer(&st.accounts),
+                None => not_found(),
+            }
+        }
+        (Route::Edit, _) => {
+            if let Ok(id) = params[0].parse::<i64>() {
+                sh.stats.edited(id);
+            }
+            match read_body(req).await {
+                Ok(body) => edit(sh, &params[0], &body),
+                Err(r) => r,
+            }
+        }
         (Route::Upload, _) => upload(sh, &params, req).await,
         (Route::Download, _) => with_task(sh, &params, |t| match t.images.get(&params[2]) {
             Some((size, _)) => {
@@ -594,7 +794,7 @@ fn list_projects(sh: &Shared, req: &Request) -> Response {
     )
 }
 
-fn create_project(sh: &Shared, body: &Value) -> Response {
+fn create_project(sh: &Shared, owner: &str, body: &Value) -> Response {
     let name = match body.get("name") {
         None => return bad(json!({"name": ["This field is required."]})),
         Some(Value::Null) => return bad(json!({"name": ["This field may not be null."]})),
@@ -626,6 +826,7 @@ fn create_project(sh: &Shared, body: &Value) -> Response {
         tags,
         created_at: now_str(),
         tasks: Vec::new(),
+        perms: Perms::owned_by(owner),
     };
     let out = project.json();
     st.projects.push(project);
@@ -704,6 +905,7 @@ fn create_task(sh: &Shared, project: &str, body: &Value) -> Response {
         tags,
         created_at: now_str(),
         images: BTreeMap::new(),
+        processing: Processing::default(),
     };
     let out = task.json();
     p.tasks.push(task);
@@ -789,6 +991,186 @@ async fn upload(sh: &Shared, params: &[String], req: Request) -> Response {
             &json!({"success": true, "uploaded": uploaded}),
         )
     })
+}
+
+/// `POST …/commit/`: the task stops being partial and (again, when it was committed before)
+/// goes to processing.
+fn commit(sh: &Shared, params: &[String]) -> Response {
+    let faults = sh.faults.get();
+    let mut guard = sh.webodm.lock().expect("webodm lock");
+    let st = &mut *guard;
+    let Some(p) = st
+        .projects
+        .iter_mut()
+        .find(|p| Some(p.id) == params[0].parse().ok())
+    else {
+        return not_found();
+    };
+    let failing = p.failing(&st.failing).cloned();
+    let project_name = p.name.clone();
+    let Some(t) = p.tasks.iter_mut().find(|t| t.id == params[1]) else {
+        return not_found();
+    };
+    if t.images.is_empty() {
+        return bad(json!(["You need to upload at least 1 file before commit"]));
+    }
+    t.partial = false;
+    let task_name = t.name.clone().unwrap_or_else(|| t.id.clone());
+    let outcome = match failing {
+        Some(msg) => Outcome::Fail(msg),
+        None if t.processing.attempts == 0
+            && processing::first_attempt_fails(
+                faults.fail_processing_rate,
+                sh.seed,
+                &project_name,
+                &task_name,
+            ) =>
+        {
+            Outcome::Fail(Some(processing::RATE_FAILURE.to_owned()))
+        }
+        None => Outcome::Complete,
+    };
+    t.processing.start(faults.process_ms, outcome, false);
+    json(StatusCode::OK, &t.json())
+}
+
+/// `POST …/restart/`: clears `last_error` and processes the task again (a partial task stops
+/// being partial, as in WebODM).
+fn restart(sh: &Shared, params: &[String]) -> Response {
+    let process_ms = sh.faults.get().process_ms;
+    let mut guard = sh.webodm.lock().expect("webodm lock");
+    let st = &mut *guard;
+    let Some(p) = st
+        .projects
+        .iter_mut()
+        .find(|p| Some(p.id) == params[0].parse().ok())
+    else {
+        return not_found();
+    };
+    let outcome = match p.failing(&st.failing) {
+        Some(msg) => Outcome::Fail(msg.clone()),
+        None => Outcome::Complete,
+    };
+    let Some(t) = p.tasks.iter_mut().find(|t| t.id == params[1]) else {
+        return not_found();
+    };
+    t.partial = false;
+    t.processing.start(process_ms, outcome, true);
+    json(StatusCode::OK, &json!({"success": true}))
+}
+
+/// `POST …/edit/`: all or nothing.
+fn edit(sh: &Shared, project: &str, body: &Value) -> Response {
+    let mut guard = sh.webodm.lock().expect("webodm lock");
+    let st = &mut *guard;
+    let Some(p) = st
+        .projects
+        .iter_mut()
+        .find(|p| Some(p.id) == project.parse().ok())
+    else {
+        return not_found();
+    };
+    match sharing::edit(body, &p.perms, &st.accounts) {
+        Ok(e) => {
+            p.name = e.name;
+            p.description = e.description;
+            p.tags = e.tags;
+            if let Some(perms) = e.perms {
+                p.perms = perms;
+            }
+            json(StatusCode::OK, &json!({"success": true}))
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// MIME type Python's `mimetypes` gives an asset name (WebODM falls back to zip).
+fn asset_mime(name: &str) -> &'static str {
+    match name.rsplit_once('.').map(|(_, e)| e) {
+        Some("tif") => "image/tiff",
+        Some("png") => "image/png",
+        Some("pdf") => "application/pdf",
+        Some("json") => "application/json",
+        Some("csv") => "text/csv",
+        Some("kmz") => "application/vnd.google-earth.kmz",
+        _ => "application/zip",
+    }
+}
+
+/// `GET …/download/<asset>` with a Content-Length, or 404 "Asset does not exist".
+fn asset(sh: &Arc<Shared>, params: &[String], head: bool, cut: Option<Cut>) -> Response {
+    let process_ms = sh.faults.get().process_ms;
+    let file = {
+        let mut st = sh.webodm.lock().expect("webodm lock");
+        let task = st
+            .project(&params[0])
+            .and_then(|p| p.tasks.iter_mut().find(|t| t.id == params[1]));
+        let Some(t) = task else {
+            return not_found();
+        };
+        t.processing.tick(process_ms);
+        if !t
+            .available_assets(t.processing.view().completed)
+            .contains(&params[2])
+        {
+            return json(
+                StatusCode::NOT_FOUND,
+                &json!({"detail": "Asset does not exist"}),
+            );
+        }
+        processing::asset_file(&t.id, &params[2])
+    };
+    let size = file.size;
+    let body = if head {
+        Body::empty()
+    } else {
+        let limit = cut.as_ref().map_or(u64::MAX, |c| c.limit(size));
+        let counter = Arc::clone(sh);
+        let mut sent = 0u64;
+        let chunks = file.reader().map_while(move |chunk| {
+            let take = (limit - sent).min(chunk.len() as u64);
+            if take == 0 {
+                return None;
+            }
+            sent += take;
+            counter
+                .stats
+                .asset_bytes_downloaded
+                .fetch_add(take, Ordering::Relaxed);
+            Some(Ok::<_, std::io::Error>(chunk.slice(..take as usize)))
+        });
+        match cut.map(|c| c.reset) {
+            None => Body::from_stream(stream::iter(chunks)),
+            // Short of the Content-Length: what was sent leaves, then the connection closes.
+            Some(None) => Body::from_stream(
+                stream::iter(chunks).chain(
+                    stream::once(async {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        None
+                    })
+                    .filter_map(std::future::ready),
+                ),
+            ),
+            Some(Some(reset)) => {
+                Body::from_stream(stream::iter(chunks).chain(stream::once(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    reset.trigger();
+                    Err(std::io::ErrorKind::ConnectionReset.into())
+                })))
+            }
+        }
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset_mime(&params[2])),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename={}", params[2])) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
 }
 
 #[cfg(test)]

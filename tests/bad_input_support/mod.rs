@@ -358,6 +358,7 @@ pub fn spec(systems: usize, flights: usize, images: usize) -> DatasetSpec {
         image_size: 600,
         big_flight_images: None,
         decoys: false,
+        companions: false,
     }
 }
 

@@ -26,6 +26,7 @@ pub fn spec(images: usize, image_size: u64) -> DatasetSpec {
         image_size,
         big_flight_images: None,
         decoys: false,
+        companions: false,
     }
 }
 

@@ -86,6 +86,7 @@ pub fn small_spec() -> DatasetSpec {
         image_size: 3_000,
         big_flight_images: None,
         decoys: true,
+        companions: false,
     }
 }
 
