@@ -157,6 +157,17 @@ impl Reply {
             .and_then(|v| v.to_str().ok())
     }
 
+    /// The `Content-Length` header as sent (header names are case-insensitive), if readable.
+    /// Unlike reqwest's `content_length()`, this reads the header itself, so it also works
+    /// for a `HEAD` answer, whose body is empty.
+    pub(crate) fn content_length_header(&self) -> Option<u64> {
+        self.resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Reads the whole body as JSON. A body that is not the JSON expected (HTML, plain text,
     /// empty, truncated, wrong shape) is an [`ApiError::Decode`] that names the content type
     /// and quotes the start of the body.

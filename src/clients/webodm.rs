@@ -333,14 +333,16 @@ impl WebodmClient {
             .await
     }
 
-    /// Whether the task already holds an image of that name (`HEAD`, 200 or 404). WebODM also
-    /// answers 404 when the task or project does not exist: that reads as `false` here.
-    pub async fn has_image(
+    /// The size in bytes of the task's image of that name as WebODM holds it (`HEAD`, 200 or
+    /// 404), read from the answer's `Content-Length`. `None` when WebODM holds no such image
+    /// (404, which WebODM also answers when the task or project does not exist) or answered 200
+    /// without a readable `Content-Length` (size unknown): either way, upload it.
+    pub async fn image_size(
         &self,
         project: i64,
         task: &str,
         file_name: &str,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<Option<u64>, ApiError> {
         let pid = project.to_string();
         // This route takes the rest of the path as the file name: no trailing slash.
         let url = self.inner.svc.url(
@@ -350,16 +352,24 @@ impl WebodmClient {
             false,
         );
         let svc = &self.inner.svc;
-        let found = svc
-            .retry(|| async {
-                match self.call(|| svc.request(Method::HEAD, url.clone())).await {
-                    Ok(_) => Ok(true),
-                    Err(e) if e.is_not_found() => Ok(false),
-                    Err(e) => Err(e),
+        svc.retry(|| async {
+            match self.call(|| svc.request(Method::HEAD, url.clone())).await {
+                Ok(reply) => {
+                    let size = reply.content_length_header();
+                    if size.is_none() {
+                        tracing::info!(
+                            service = SERVICE,
+                            image = file_name,
+                            "HEAD answered 200 without a readable Content-Length: size unknown"
+                        );
+                    }
+                    Ok(size)
                 }
-            })
-            .await?;
-        Ok(found)
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// HTTP requests sent to WebODM so far, retries and logins included.
