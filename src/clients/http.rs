@@ -261,6 +261,20 @@ pub(crate) fn decode_json<T: DeserializeOwned>(
     }
 }
 
+/// The failure of a streamed request body, when that is what stopped the request: a Tapis
+/// download feeding a WebODM upload that was cut short, reset or overlong is that download's
+/// error (its service and class), not a WebODM transport failure.
+fn body_failure(e: &reqwest::Error) -> Option<ApiError> {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(api) = s.downcast_ref::<ApiError>() {
+            return Some(api.clone());
+        }
+        source = s.source();
+    }
+    None
+}
+
 /// Turns a reqwest failure into [`ApiError::Transport`], with its causes and without its URL.
 fn transport(service: &'static str, op: &str, doing: &str, e: reqwest::Error) -> ApiError {
     let timeout = e.is_timeout();
@@ -381,7 +395,9 @@ impl Service {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let resp = self.client.execute(req).await;
         crate::metrics::request(self.name, resp.as_ref().ok().map(|r| r.status().as_u16()));
-        let resp = resp.map_err(|e| transport(self.name, &op, "sending the request", e))?;
+        let resp = resp.map_err(|e| {
+            body_failure(&e).unwrap_or_else(|| transport(self.name, &op, "sending the request", e))
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(Reply {
