@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{assert_no_errors, assert_synced_exactly, converged, Rig};
+use support::{
+    assert_no_errors, assert_one_commit_per_task, assert_synced_exactly, converged, Rig,
+};
 use tapis_webodm_sync::engine::state::Store;
 use tapis_webodm_sync::sim::{DatasetSpec, Faults, Sim};
 
@@ -76,6 +78,13 @@ async fn chaos_converges_without_duplicates_or_corruption() {
         );
     }
     assert_synced_exactly(&rig.sim);
+    // Commits answered 502 after the fact were looked up, never sent twice.
+    assert_one_commit_per_task(&rig.sim);
+    assert_eq!(
+        rig.sim.stats().commits.len() as u64,
+        rig.sim.dataset().expected().flights,
+        "exactly one commit per task"
+    );
     // Calm again: nothing left to do.
     rig.sim.set_faults(Faults::default());
     let last = rig.pass().await;
@@ -351,6 +360,12 @@ async fn sigkill_at_many_points_never_duplicates_or_corrupts() {
     assert_eq!(
         projects_posted, flights,
         "no project was ever created twice"
+    );
+    assert_one_commit_per_task(&sim);
+    assert_eq!(
+        route_count(&sim, COMMIT),
+        flights,
+        "exactly one commit per task, none sent twice"
     );
     sim.shutdown().await;
 }

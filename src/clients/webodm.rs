@@ -56,8 +56,8 @@ pub struct Task {
     /// Task name.
     #[serde(default)]
     pub name: Option<String>,
-    /// Whether it still accepts uploads (not committed yet).
-    #[serde(default)]
+    /// Whether it still accepts uploads (not committed yet). Required: a task without it is
+    /// a decode error, never read as committed.
     pub partial: bool,
     /// `None` (not accepted by a node yet), 10 queued, 20 running, 30 failed, 40 completed,
     /// 50 canceled.
@@ -530,6 +530,20 @@ mod tests {
         .unwrap();
         assert!(t.partial && t.status.is_none() && t.tags.is_empty());
         assert_eq!(t.images_count, Some(0));
+    }
+
+    #[test]
+    fn a_task_without_partial_is_an_error_naming_the_route_never_committed() {
+        let e = decode_task(br#"{"id":"t","project":1,"status":null}"#).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ApiError::Decode { .. }), "{e:?}");
+        assert!(
+            text.starts_with("WebODM GET /api/projects/1/tasks/t/: unexpected response"),
+            "{text}"
+        );
+        assert!(text.contains("missing field `partial`"), "{text}");
+        let t = decode_task(br#"{"id":"t","project":1,"partial":false}"#).unwrap();
+        assert!(!t.partial);
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct Stats {
     pub peak_rps: PeakRps,
     /// Credentials sent to the wrong service (should stay 0).
     pub leaked_credentials: u64,
+    /// Commits answered 200, per task id. Real WebODM re-queues processing on every commit,
+    /// also of a task already committed: the daemon must commit each task once.
+    pub commits: BTreeMap<String, u64>,
     /// Faults injected, by kind: `error` (5xx before handling), `error_after` (502 after
     /// handling), `429`, `reset`, `truncate`, `revoked` (answers "Token is revoked."),
     /// `refresh` (refresh grants refused).
@@ -115,6 +118,7 @@ struct Tally {
     webodm: u64,
     rps: HashMap<&'static str, Rps>,
     faults: BTreeMap<String, u64>,
+    commits: BTreeMap<String, u64>,
 }
 
 /// Live counters behind [`Stats`].
@@ -160,6 +164,12 @@ impl Counters {
         *t.faults.entry(kind.to_owned()).or_default() += 1;
     }
 
+    /// Counts a commit of `task` answered 200.
+    pub fn commit(&self, task: &str) {
+        let mut t = self.tally.lock().expect("stats lock");
+        *t.commits.entry(task.to_owned()).or_default() += 1;
+    }
+
     /// A snapshot.
     pub fn snapshot(&self) -> Stats {
         let t = self.tally.lock().expect("stats lock");
@@ -175,6 +185,7 @@ impl Counters {
                 webodm: peak("webodm"),
             },
             leaked_credentials: self.leaked_credentials.load(Ordering::Relaxed),
+            commits: t.commits.clone(),
             faults_injected: t.faults.clone(),
         }
     }

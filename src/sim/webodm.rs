@@ -412,11 +412,14 @@ pub(crate) async fn handle(sh: &Arc<Shared>, req: Request) -> (String, Response)
             Err(r) => r,
         },
         (Route::Task, _) => with_task(sh, &params, |t| json(StatusCode::OK, &t.json())),
+        // Like WebODM, a commit of a task no longer partial is accepted again (the real server
+        // re-queues processing): every 200 is counted per task.
         (Route::Commit, _) => with_task(sh, &params, |t| {
             if t.images.is_empty() {
                 return bad(json!(["You need to upload at least 1 file before commit"]));
             }
             t.partial = false;
+            sh.stats.commit(&t.id);
             json(StatusCode::OK, &t.json())
         }),
         (Route::Upload, _) => upload(sh, &params, req).await,
@@ -734,6 +737,10 @@ async fn upload(sh: &Shared, params: &[String], req: Request) -> Response {
         None => return not_found(),
         Some(false) => return bad(json!(["Task is not in partial state, cannot upload"])),
         Some(true) => {}
+    }
+    // Behind gunicorn, a body without a Content-Length (chunked) reaches Django empty.
+    if !req.headers().contains_key(header::CONTENT_LENGTH) {
+        return bad(json!(["No files uploaded"]));
     }
     let mut multipart = match Multipart::from_request(req, &()).await {
         Ok(m) => m,

@@ -161,4 +161,27 @@ pub fn assert_synced_exactly(sim: &Sim) {
         0,
         "no credential sent to the wrong service"
     );
+    assert_one_commit_per_task(sim);
+}
+
+/// Every task WebODM holds was committed exactly once, and no task (not even a deleted one)
+/// more than once: WebODM queues processing again on every commit.
+pub fn assert_one_commit_per_task(sim: &Sim) {
+    let commits = sim.stats().commits;
+    for p in sim.webodm_projects() {
+        for t in p.tasks.iter().filter(|t| !t.partial) {
+            assert_eq!(
+                commits.get(&t.id).copied(),
+                Some(1),
+                "task {} of project {:?} committed once",
+                t.id,
+                p.name
+            );
+        }
+    }
+    let twice: Vec<_> = commits.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "tasks committed more than once: {twice:?}"
+    );
 }
