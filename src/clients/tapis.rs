@@ -213,6 +213,22 @@ impl TapisClient {
         }
     }
 
+    /// The first system (in id order) matching `pattern` that the account can see: one
+    /// authenticated, read-only request (`limit=1`) that proves the token is accepted.
+    pub async fn first_system(&self, pattern: &str) -> Result<Option<System>, ApiError> {
+        let url = self.inner.svc.url(&["v3", "systems"], false);
+        let search = format!("(id.like.{pattern})");
+        let query = [
+            ("listType", "ALL"),
+            ("search", search.as_str()),
+            ("select", SYSTEM_FIELDS),
+            ("orderBy", "id(asc)"),
+            ("limit", "1"),
+        ];
+        let page: Envelope<Vec<System>> = self.get_json(&url, &query).await?;
+        Ok(page.result.into_iter().next())
+    }
+
     /// Every entry of a directory, all pages (`path` is relative to the system root; `""` is
     /// the root). A missing path or system is an error with `is_not_found()`.
     pub async fn list_dir(&self, system: &str, path: &str) -> Result<Vec<FileEntry>, ApiError> {
@@ -279,14 +295,15 @@ impl TapisClient {
             // Not worth a second try now, but never keep a token Tapis refused.
             self.forget(&token, false).await;
         }
-        if !expired && !revoked {
+        let pre_issued = matches!(self.inner.auth, TapisAuth::Token(_));
+        if !(expired || revoked || (unauthorized && pre_issued)) {
             return Err(err);
         }
-        if matches!(self.inner.auth, TapisAuth::Token(_)) {
+        if pre_issued {
             return Err(ApiError::Auth {
                 service: SERVICE,
                 detail: format!(
-                    "the pre-issued token in `tapis.token_file` is no longer accepted ({err}): \
+                    "the pre-issued token in `tapis.token_file` is not (or no longer) accepted ({err}): \
                      replace it, or configure a password instead"
                 ),
             });

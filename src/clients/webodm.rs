@@ -194,6 +194,25 @@ impl WebodmClient {
             .await
     }
 
+    /// How many projects the account can see: one authenticated, read-only request (the
+    /// first page of the paginated listing) that proves the token is accepted.
+    pub async fn count_projects(&self) -> Result<u64, ApiError> {
+        #[derive(Deserialize)]
+        struct Page {
+            count: u64,
+        }
+        let url = self.url(&["api", "projects"]);
+        let page: Page = self
+            .read(|| {
+                self.inner
+                    .svc
+                    .request(Method::GET, url.clone())
+                    .query(&[("page", "1")])
+            })
+            .await?;
+        Ok(page.count)
+    }
+
     /// Projects named exactly `name` (WebODM trims the filter's outer whitespace).
     pub async fn find_projects(&self, name: &str) -> Result<Vec<Project>, ApiError> {
         let url = self.url(&["api", "projects"]);
