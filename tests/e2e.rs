@@ -12,6 +12,11 @@ use tapis_webodm_sync::sim::{DatasetSpec, Faults};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_pass_syncs_everything_and_second_does_nothing() {
     let rig = Rig::new(&small_spec()).await;
+    assert_eq!(
+        support::pinned_flights(&rig.sim),
+        4,
+        "every flight with pinned tags is in the dataset"
+    );
     let first = rig.pass().await;
     assert_no_errors(&first);
     let expected = rig.sim.dataset().expected();

@@ -44,6 +44,30 @@ pub struct WebodmReport {
     pub missing_images: u64,
 }
 
+impl WebodmReport {
+    /// How WebODM differs from every expected flight synced exactly once, byte for byte
+    /// (one project and one committed task per flight, nothing else): one line per
+    /// difference; empty when there is none.
+    pub fn mismatches(&self, expected: &Expected) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut want = |what: &str, got: u64, want: u64| {
+            if got != want {
+                out.push(format!("{what}: {got}, expected {want}"));
+            }
+        };
+        want("projects", self.projects, expected.flights);
+        want("tasks", self.tasks, expected.flights);
+        want("committed tasks", self.committed_tasks, expected.flights);
+        want("images", self.images, expected.images);
+        want("bytes", self.bytes, expected.bytes);
+        want("duplicate projects", self.duplicate_projects, 0);
+        want("projects of no expected flight", self.unknown_projects, 0);
+        want("corrupt images", self.corrupt_images, 0);
+        want("missing images", self.missing_images, 0);
+        out
+    }
+}
+
 /// `GET /__sim/stats`: requests and bytes seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
