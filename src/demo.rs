@@ -209,7 +209,8 @@ mod tests {
     #[test]
     fn ok_needs_the_whole_report_and_an_idle_last_pass() {
         assert!(synced().is_converged(), "{:?}", synced().problems());
-        let broken: Vec<(&str, fn(&mut DemoResult))> = vec![
+        type Breaks = fn(&mut DemoResult);
+        let broken: Vec<(&str, Breaks)> = vec![
             ("a fourth task", |r| r.webodm.tasks = 4),
             ("an uncommitted task", |r| r.webodm.committed_tasks = 2),
             ("a project of no flight", |r| r.webodm.unknown_projects = 1),
