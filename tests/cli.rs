@@ -103,6 +103,26 @@ fn bad_config_exits_78_naming_file_line_and_key() {
     assert!(err.contains("webodm.requests_per_second"), "{err}");
     assert!(!err.contains("\"p\""), "no secret in the message: {err}");
 
+    // Every problem of a file at once, in every section, each with line:column and key.
+    std::fs::write(
+        &path,
+        "[tapis]\nbase_url = \"not a url\"\nusername = \"svc\"\npassword = \"x\"\nrequests_per_second = -3\ncolour = \"blue\"\n[webodm]\nbase_url = \"http://127.0.0.1:8000\"\nusername = \"u\"\npassword = \"p\"\n[sync]\ninterval = \"five minutes\"\n",
+    )
+    .unwrap();
+    let o = run(&["--config", path.to_str().unwrap(), "check-config"]);
+    assert_eq!(o.status.code(), Some(78), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("(4 problems)"), "{err}");
+    for (at, key) in [
+        ("2:12", "tapis.base_url"),
+        ("5:23", "tapis.requests_per_second"),
+        ("6:1", "tapis.colour"),
+        ("12:12", "sync.interval"),
+    ] {
+        let line = format!("{}:{at}: key `{key}`: ", path.display());
+        assert!(err.contains(&line), "{line:?} not in {err}");
+    }
+
     let o = run(&["--config", "/nonexistent/config.toml", "once"]);
     assert_eq!(o.status.code(), Some(78));
     assert!(stderr(&o).contains("/nonexistent/config.toml"));
