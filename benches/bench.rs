@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Flags: `--quick` (smaller datasets, shorter idle window), `--write` / `--no-write` (update
-//! the generated blocks of BENCHMARKS.md; default: write on a full run only),
+//! the generated blocks of BENCHMARKS.md; default: write on a full run only), `--out FILE`
+//! (write the generated blocks into FILE instead, starting from a copy of BENCHMARKS.md),
 //! `--production-slice N` (run the 10-requests-per-second pass of `unchanged` over the first N
 //! systems only). Sections: `unchanged`, `transfer`, `state`, `idle`.
 //!
@@ -22,6 +23,10 @@
 //! 3. **state** — stores of 1k/5k/10k flights × 300 images: in-process `observed` + `plan`,
 //!    a whole pass, and the `status` and `plan` commands on the 10k store.
 //! 4. **idle** — `run` between passes: RSS and CPU time over 60 s.
+//!
+//! Each section's checks (measure, figure, target, verdict) end its block and also make its
+//! table in the summary at the top of BENCHMARKS.md: both are written from the same run, so no
+//! figure there is typed by hand.
 //!
 //! The synced state of sections 1 and 3 is written directly with the store's API and the
 //! simulated WebODM's HTTP API (a project and a task per flight), not by uploading millions of
@@ -95,6 +100,8 @@ impl Section {
 struct Opts {
     quick: bool,
     write: bool,
+    /// Where the generated blocks go (default: BENCHMARKS.md).
+    out: Option<PathBuf>,
     sections: Vec<Section>,
     production_slice: Option<usize>,
     /// Record the idle daemons with `perf record -g` into this directory.
@@ -107,6 +114,7 @@ struct Opts {
 fn parse_args() -> R<Opts> {
     let mut quick = false;
     let mut write = None;
+    let mut out = None;
     let mut sections = BTreeSet::new();
     let mut production_slice = None;
     let mut perf = None;
@@ -119,6 +127,7 @@ fn parse_args() -> R<Opts> {
             "--quick" => quick = true,
             "--write" => write = Some(true),
             "--no-write" => write = Some(false),
+            "--out" => out = Some(PathBuf::from(args.next().ok_or("--out needs a file")?)),
             "--production-slice" => {
                 let n = args.next().ok_or("--production-slice needs a number")?;
                 production_slice = Some(n.parse().map_err(err)?);
@@ -134,7 +143,7 @@ fn parse_args() -> R<Opts> {
                 ))
             }
             "-h" | "--help" => {
-                println!("usage: cargo bench --bench bench -- [--quick] [--write|--no-write] [--production-slice N] [--perf DIR] [unchanged|transfer|state|idle]...\n       cargo bench --bench bench -- [--quick] --serve-lab DIR");
+                println!("usage: cargo bench --bench bench -- [--quick] [--write|--no-write] [--out FILE] [--production-slice N] [--perf DIR] [unchanged|transfer|state|idle]...\n       cargo bench --bench bench -- [--quick] --serve-lab DIR");
                 std::process::exit(0);
             }
             s => match Section::ALL.iter().find(|x| x.key() == s) {
@@ -151,6 +160,7 @@ fn parse_args() -> R<Opts> {
     Ok(Opts {
         quick,
         write: write.unwrap_or(!quick),
+        out,
         sections: sections.into_iter().collect(),
         production_slice,
         perf,
@@ -400,20 +410,41 @@ impl Table {
     }
 }
 
+/// One checked figure: what was measured, the figure, the target and whether it is met
+/// (`None`: reported without a target). A section's verdict table and its summary table are
+/// both made of these rows, so they always agree.
+struct Check {
+    measure: String,
+    figure: String,
+    target: String,
+    met: Option<bool>,
+}
+
+impl Check {
+    fn verdict(&self) -> &'static str {
+        match self.met {
+            Some(true) => "**met**",
+            Some(false) => "**MISSED**",
+            None => "—",
+        }
+    }
+}
+
 /// One section's results: markdown for the terminal and BENCHMARKS.md.
 struct Out {
     section: Section,
+    title: String,
     md: String,
-    /// (target, met)
-    verdicts: Vec<(String, bool)>,
+    checks: Vec<Check>,
 }
 
 impl Out {
     fn new(section: Section, title: &str, command: &str) -> Out {
         Out {
             section,
+            title: title.to_string(),
             md: format!("### {title}\n\nReproduce: `{command}`\n\n"),
-            verdicts: vec![],
+            checks: vec![],
         }
     }
     fn para(&mut self, text: impl AsRef<str>) {
@@ -424,21 +455,56 @@ impl Out {
         self.md += &t.md();
         self.md += "\n";
     }
-    fn verdict(&mut self, target: impl Into<String>, met: bool) {
-        self.verdicts.push((target.into(), met));
+    /// A figure checked against its target.
+    fn check(
+        &mut self,
+        measure: impl Into<String>,
+        figure: impl Into<String>,
+        target: impl Into<String>,
+        met: bool,
+    ) {
+        self.checks.push(Check {
+            measure: measure.into(),
+            figure: figure.into(),
+            target: target.into(),
+            met: Some(met),
+        });
     }
-    fn finish(&mut self) {
-        if self.verdicts.is_empty() {
-            return;
-        }
-        let mut t = Table::new(&["target", "result"]);
-        for (target, met) in &self.verdicts {
+    /// A figure reported beside the checked ones, without a target of its own.
+    fn report(&mut self, measure: impl Into<String>, figure: impl Into<String>) {
+        self.checks.push(Check {
+            measure: measure.into(),
+            figure: figure.into(),
+            target: "— (reported)".into(),
+            met: None,
+        });
+    }
+    /// The table of every check: measure, figure, target, verdict.
+    fn checks_md(&self) -> String {
+        let mut t = Table::new(&["measure", "figure", "target", "verdict"]);
+        for c in &self.checks {
             t.row(vec![
-                target.clone(),
-                if *met { "**met**" } else { "**MISSED**" }.into(),
+                c.measure.clone(),
+                c.figure.clone(),
+                c.target.clone(),
+                c.verdict().into(),
             ]);
         }
-        self.md += &t.md();
+        t.md()
+    }
+    fn finish(&mut self) {
+        if !self.checks.is_empty() {
+            self.md += &self.checks_md();
+        }
+    }
+    /// This section's part of the summary: its checks, from this run (`run` says when, and
+    /// at which scale).
+    fn summary_md(&self, run: &str) -> String {
+        format!(
+            "**{}** ({run}; details in its section below)\n\n{}",
+            self.title,
+            self.checks_md()
+        )
     }
 }
 
@@ -498,16 +564,38 @@ fn replace_block(doc: &str, key: &str, body: &str) -> String {
     }
 }
 
-fn write_benchmarks(outs: &[Out], machine: &str, started: &str) -> R<PathBuf> {
-    let path = Path::new(MANIFEST_DIR).join("BENCHMARKS.md");
+/// Writes the generated blocks of this run (machine, each section's results and its summary
+/// table) into `target` (BENCHMARKS.md unless `--out`), starting from `target` if it exists,
+/// else from BENCHMARKS.md.
+fn write_benchmarks(outs: &[Out], machine: &str, started: &str, opts: &Opts) -> R<PathBuf> {
+    let target = opts.out.as_deref();
+    let benchmarks = Path::new(MANIFEST_DIR).join("BENCHMARKS.md");
+    let path = target.map_or_else(|| benchmarks.clone(), Path::to_path_buf);
     let mut doc = std::fs::read_to_string(&path)
+        .or_else(|_| std::fs::read_to_string(&benchmarks))
         .unwrap_or_else(|_| "# Benchmarks\n\nGenerated by `cargo bench --bench bench`.\n".into());
-    doc = replace_block(
-        &doc,
-        "machine",
-        &format!("Machine: {machine}.\n\nLast full run: {started}."),
-    );
+    let full = !opts.quick && opts.sections.len() == Section::ALL.len();
+    let run = if opts.quick {
+        format!("run {started}, quick scale")
+    } else {
+        format!("run {started}")
+    };
+    let sections: Vec<&str> = opts.sections.iter().map(|s| s.key()).collect();
+    let last = if full {
+        format!("Last full run: {started}.")
+    } else {
+        format!(
+            "Last run: {started} ({}).",
+            sections.join(", ") + if opts.quick { ", quick scale" } else { "" }
+        )
+    };
+    doc = replace_block(&doc, "machine", &format!("Machine: {machine}.\n\n{last}"));
     for o in outs {
+        doc = replace_block(
+            &doc,
+            &format!("summary-{}", o.section.key()),
+            &o.summary_md(&run),
+        );
         doc = replace_block(&doc, o.section.key(), &o.md);
     }
     std::fs::write(&path, doc).map_err(err)?;
@@ -1108,21 +1196,45 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         0.020 * c.tapis() as f64 / prod.tapis_concurrency as f64,
         100.0 * c.tapis() as f64 / base_counts.tapis().max(1) as f64,
     ));
-    out.verdict(
-        format!("≥ 10× faster than the baseline (limits lifted, median): {ratio:.1}×"),
+    out.check(
+        format!(
+            "unchanged pass vs the original integration, rate limits lifted ({}), median of 3",
+            lifted.describe()
+        ),
+        format!(
+            "**{ratio:.1}×** faster ({} vs {})",
+            secs(median.wall),
+            secs(base.wall)
+        ),
+        "≥ 10×",
         ratio >= 10.0,
     );
-    out.verdict(
+    out.report(
         format!(
-            "Tapis requests ≤ system pages + root pages + one per flight: {} ≤ {bound}",
-            c.tapis()
+            "unchanged pass vs the original integration at the shipped defaults ({}){}",
+            prod.describe(),
+            match &base_slice {
+                None => String::new(),
+                Some(_) => format!(", first {} systems", slice.len()),
+            }
         ),
+        format!(
+            "**{prod_ratio:.1}×** ({} vs {}; paced by the Tapis rate limit)",
+            secs(production.wall),
+            secs(prod_base)
+        ),
+    );
+    out.check(
+        "Tapis requests of the unchanged pass (median run)",
+        c.tapis().to_string(),
+        format!("≤ {bound} (system pages + root pages + one per flight)"),
         c.tapis() <= bound,
     );
-    out.verdict(
+    out.check(
+        "Tapis requests of the unchanged pass (median run)",
+        c.tapis().to_string(),
         format!(
-            "Tapis requests ≤ system pages + root pages + one per top-level folder: {} ≤ {}",
-            c.tapis(),
+            "≤ {} (system pages + root pages + one per top-level folder)",
             bound + decoy_folders
         ),
         c.tapis() <= bound + decoy_folders,
@@ -1132,23 +1244,27 @@ async fn section_unchanged(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         .chain([&production])
         .map(|m| m.counts.webodm_writes())
         .sum();
-    out.verdict(
-        format!("zero WebODM writes (all 4 passes): {writes}"),
+    out.check(
+        "WebODM writes of the 4 measured passes",
+        writes.to_string(),
+        "0",
         writes == 0,
     );
-    let noop = lifted_runs
+    let noops = lifted_runs
         .iter()
         .chain([&production])
-        .all(Measured::is_noop);
-    out.verdict(
-        "every measured pass is a no-op (empty plan, no errors)",
-        noop,
+        .filter(|m| m.is_noop())
+        .count();
+    out.check(
+        "measured passes that were no-ops (empty plan, no errors)",
+        format!("{noops} of {}", lifted_runs.len() + 1),
+        "all",
+        noops == lifted_runs.len() + 1,
     );
-    out.verdict(
-        format!(
-            "the daemon finds what the baseline finds: {} flights",
-            base.flights
-        ),
+    out.check(
+        "flights (and images) the daemon finds vs the baseline",
+        format!("{flights} vs {}", base.flights),
+        "the same",
         flights == base.flights as u64
             && base.images
                 == seeded
@@ -1742,27 +1858,52 @@ async fn section_transfer(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         spec.images_per_flight,
         spec.images_per_flight as f64 / prod.tapis_rps as f64,
     ));
-    out.verdict(
-        format!("throughput ≥ 0.8 × limit (rate limits lifted, medians): {ratio:.2}"),
+    out.check(
+        "streamed transfer throughput / plain copy loop, rate limits lifted, medians",
+        format!("**{ratio:.2}** ({daemon_median:.0} vs {limit_median:.0} MiB/s)"),
+        "≥ 0.8",
         ratio >= 0.8,
+    );
+    out.report(
+        format!(
+            "streamed transfer throughput / plain copy loop at the shipped defaults ({})",
+            prod.describe()
+        ),
+        format!(
+            "**{prod_ratio:.2}** ({:.0} MiB/s; paced by the Tapis rate limit)",
+            mbps(prod_run.bytes, prod_run.pass)
+        ),
     );
     let peak = daemons
         .iter()
         .map(|(_, _, d)| d.run.maxrss_kib.max(d.run.hwm_kib))
         .max()
         .unwrap_or(0);
-    out.verdict(
+    out.check(
         format!(
-            "peak RSS of the daemon ≤ 64 MiB (all 4 runs): {}",
-            mib(peak as f64 * 1024.0)
+            "peak RSS of the daemon copying {} (all 4 runs)",
+            mib(spec.images_per_flight as f64 * spec.image_size as f64)
         ),
+        format!("**{}**", mib(peak as f64 * 1024.0)),
+        "≤ 64 MiB",
         peak as f64 <= 64.0 * 1024.0,
     );
     let ok = daemons.iter().all(|(_, _, d)| {
         d.converged && d.errors == 0 && d.run.code == 0 && d.images == spec.images_per_flight as u64
     });
-    out.verdict(
-        "every daemon run uploaded every image byte for byte (simulator report) and committed",
+    let ok_runs = daemons
+        .iter()
+        .filter(|(_, _, d)| {
+            d.converged
+                && d.errors == 0
+                && d.run.code == 0
+                && d.images == spec.images_per_flight as u64
+        })
+        .count();
+    out.check(
+        "daemon runs that uploaded every image byte for byte (simulator report) and committed",
+        format!("{ok_runs} of {}", daemons.len()),
+        "all",
         ok,
     );
     out.finish();
@@ -1980,32 +2121,36 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
         f1,
         (read1 + plan1).as_secs_f64() * 1e3,
     ));
-    out.verdict(
-        format!(
-            "`status` under 1 s on the {f1}-flight store: {}",
-            secs(status_wall)
-        ),
+    out.check(
+        format!("`status` on the {f1}-flight store"),
+        format!("**{}**", secs(status_wall)),
+        "< 1 s",
         status_wall < Duration::from_secs(1),
     );
-    out.verdict(
-        format!(
-            "no-op plan under 1 s, state side (read store + plan): {:.0} ms",
-            (read1 + plan1).as_secs_f64() * 1e3
-        ),
+    out.check(
+        format!("no-op plan at {f1} flights, state side (read store + plan)"),
+        format!("**{:.0} ms**", (read1 + plan1).as_secs_f64() * 1e3),
+        "< 1 s",
         read1 + plan1 < Duration::from_secs(1),
     );
-    out.verdict(
-        format!(
-            "no-op `plan` command under 1 s end to end (incl. {f1} Tapis listings): {}",
-            secs(plan_cli)
-        ),
+    out.check(
+        format!("no-op `plan` command end to end (incl. {f1} Tapis listings)"),
+        format!("**{}**", secs(plan_cli)),
+        "< 1 s",
         plan_cli < Duration::from_secs(1),
     );
-    out.verdict(
-        format!("pass time grows linearly with flights: exponent {exponent:.2} ≤ 1.15"),
+    out.check(
+        format!("growth of pass time with flights ({f0} → {f1})"),
+        format!("exponent **{exponent:.2}** (1 = linear)"),
+        "≤ 1.15",
         exponent <= 1.15,
     );
-    out.verdict("every plan and pass is a no-op", all_noop);
+    out.check(
+        "plans and passes that were no-ops",
+        if all_noop { "all" } else { "not all" },
+        "all",
+        all_noop,
+    );
     out.finish();
     Ok(out)
 }
@@ -2254,22 +2399,36 @@ async fn section_idle(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     out.table(&t);
     for r in &runs[..2] {
         let per60 = r.cpu * 60.0 / r.window.as_secs_f64();
-        out.verdict(
-            format!(
-                "`{}`: RSS between passes ≤ 30 MiB: {}",
-                r.label,
-                mib(r.rss_kib as f64 * 1024.0)
-            ),
+        out.check(
+            format!("`{}` ({} flights): RSS between passes", r.label, r.flights),
+            format!("**{}**", mib(r.rss_kib as f64 * 1024.0)),
+            "≤ 30 MiB",
             r.rss_kib as f64 <= 30.0 * 1024.0,
         );
-        out.verdict(
-            format!("`{}`: CPU time over 60 s ≤ 0.1 s: {per60:.3} s", r.label),
+        out.check(
+            format!(
+                "`{}` ({} flights): CPU time per 60 s idle",
+                r.label, r.flights
+            ),
+            format!("**{per60:.3} s**"),
+            "≤ 0.1 s",
             per60 <= 0.1,
         );
     }
-    out.verdict(
-        "the demo daemon's first pass synced everything; every daemon exits 0 on SIGTERM",
-        demo_converged && runs.iter().all(|r| r.code == 0),
+    let clean_exits = runs.iter().filter(|r| r.code == 0).count();
+    out.check(
+        "the demo daemon's first pass synced everything; daemons that exit 0 on SIGTERM",
+        format!(
+            "{}; {clean_exits} of {}",
+            if demo_converged {
+                "synced"
+            } else {
+                "NOT synced"
+            },
+            runs.len()
+        ),
+        "synced; all",
+        demo_converged && clean_exits == runs.len(),
     );
     out.finish();
     Ok(out)
@@ -2383,18 +2542,17 @@ fn main() -> std::process::ExitCode {
     });
     println!("Machine: {machine}");
     println!("Total time: {}", secs(t.elapsed()));
-    let missed: Vec<&String> = outs
+    let missed: Vec<&Check> = outs
         .iter()
-        .flat_map(|o| o.verdicts.iter())
-        .filter(|(_, met)| !met)
-        .map(|(t, _)| t)
+        .flat_map(|o| o.checks.iter())
+        .filter(|c| c.met == Some(false))
         .collect();
     println!("Targets missed: {}", missed.len());
-    for m in &missed {
-        println!("  - {m}");
+    for c in &missed {
+        println!("  - {}: {} (target {})", c.measure, c.figure, c.target);
     }
-    if opts.write && !outs.is_empty() {
-        match write_benchmarks(&outs, &machine, &started) {
+    if (opts.write || opts.out.is_some()) && !outs.is_empty() {
+        match write_benchmarks(&outs, &machine, &started, &opts) {
             Ok(p) => println!("Wrote {}", p.display()),
             Err(e) => {
                 eprintln!("error: cannot write BENCHMARKS.md: {e}");

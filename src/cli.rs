@@ -491,7 +491,8 @@ pub async fn forget(flag: Option<PathBuf>, system: String, flight: String) -> u8
     }
 }
 
-/// `check-config`: validate, log in to both services, print the effective config.
+/// `check-config`: validate, print the effective config, and make one authenticated
+/// read-only call per service (with a pre-issued Tapis token nothing else would prove it works).
 pub async fn check_config(flag: Option<PathBuf>) -> u8 {
     let (path, config) = or_exit!(load(flag));
     let clients = or_exit!(clients(&config));
@@ -501,17 +502,30 @@ pub async fn check_config(flag: Option<PathBuf>) -> u8 {
     );
     println!("{}", toml::to_string(&config).expect("config serializes"));
     let mut code = EXIT_OK;
-    match clients.tapis.login().await {
-        Ok(()) => println!("Tapis login: ok ({})", config.tapis.base_url),
+    let pattern = &config.tapis.system_pattern;
+    match clients.tapis.first_system(pattern).await {
+        Ok(first) => {
+            let found = match first {
+                Some(s) => format!("first system matching `{pattern}`: {}", s.id),
+                None => format!("no system matching `{pattern}` is visible to this account"),
+            };
+            println!(
+                "Tapis: ok ({}: systems listing answered; {found})",
+                config.tapis.base_url
+            );
+        }
         Err(e) => {
-            println!("Tapis login: FAILED: {e}");
+            println!("Tapis: FAILED: {e}");
             code = EXIT_ERRORS;
         }
     }
-    match clients.webodm.login().await {
-        Ok(()) => println!("WebODM login: ok ({})", config.webodm.base_url),
+    match clients.webodm.count_projects().await {
+        Ok(n) => println!(
+            "WebODM: ok ({}: logged in as `{}`; {n} projects visible)",
+            config.webodm.base_url, config.webodm.username
+        ),
         Err(e) => {
-            println!("WebODM login: FAILED: {e}");
+            println!("WebODM: FAILED: {e}");
             code = EXIT_ERRORS;
         }
     }

@@ -33,20 +33,26 @@ pub struct DemoResult {
 }
 
 impl DemoResult {
-    /// Every flight synced exactly once, byte for byte, and the last pass did nothing.
+    /// Every flight synced exactly once, byte for byte, per the simulator's full report (task
+    /// counts, unknown projects and missing images included), and the last pass did nothing.
     pub fn is_converged(&self) -> bool {
-        let w = &self.webodm;
-        let last_idle = self
-            .passes
-            .last()
-            .is_some_and(|p| p.projects_created == 0 && p.images_uploaded == 0);
-        w.projects == self.expected.flights
-            && w.committed_tasks == self.expected.flights
-            && w.images == self.expected.images
-            && w.bytes == self.expected.bytes
-            && w.duplicate_projects == 0
-            && w.corrupt_images == 0
-            && last_idle
+        self.problems().is_empty()
+    }
+
+    /// Why the demo did not converge: one line each; empty when it did.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = self.webodm.mismatches(&self.expected);
+        match self.passes.last() {
+            Some(p)
+                if p.projects_created == 0
+                    && p.tasks_created == 0
+                    && p.images_uploaded == 0
+                    && p.tasks_committed == 0
+                    && p.errors.is_empty() => {}
+            Some(_) => problems.push("the last pass still had work to do or errors".into()),
+            None => problems.push("no pass ran".into()),
+        }
+        problems
     }
 }
 
@@ -165,9 +171,65 @@ pub fn print(r: &DemoResult) {
         w.duplicate_projects,
         w.corrupt_images
     );
-    if r.is_converged() {
+    let problems = r.problems();
+    if problems.is_empty() {
         println!("OK: every flight has one project with one committed task holding its images byte for byte; the last pass had nothing to do.");
     } else {
-        println!("NOT CONVERGED: see the errors above.");
+        println!("NOT CONVERGED:");
+        for p in problems {
+            println!("    {p}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synced() -> DemoResult {
+        let expected = Expected {
+            flights: 3,
+            images: 12,
+            bytes: 1200,
+            ..Expected::default()
+        };
+        DemoResult {
+            expected,
+            passes: vec![PassSummary::default()],
+            webodm: WebodmReport {
+                projects: 3,
+                tasks: 3,
+                committed_tasks: 3,
+                images: 12,
+                bytes: 1200,
+                ..WebodmReport::default()
+            },
+        }
+    }
+
+    #[test]
+    fn ok_needs_the_whole_report_and_an_idle_last_pass() {
+        assert!(synced().is_converged(), "{:?}", synced().problems());
+        type Breaks = fn(&mut DemoResult);
+        let broken: Vec<(&str, Breaks)> = vec![
+            ("a fourth task", |r| r.webodm.tasks = 4),
+            ("an uncommitted task", |r| r.webodm.committed_tasks = 2),
+            ("a project of no flight", |r| r.webodm.unknown_projects = 1),
+            ("a missing image", |r| r.webodm.missing_images = 1),
+            ("a corrupt image", |r| r.webodm.corrupt_images = 1),
+            ("a duplicate", |r| r.webodm.duplicate_projects = 1),
+            ("bytes short", |r| r.webodm.bytes = 1199),
+            ("a busy last pass", |r| r.passes[0].tasks_committed = 1),
+            ("an error in the last pass", |r| {
+                r.passes[0].errors.push("x".into())
+            }),
+            ("no pass", |r| r.passes.clear()),
+        ];
+        for (what, breaks) in broken {
+            let mut r = synced();
+            breaks(&mut r);
+            assert!(!r.is_converged(), "OK despite {what}");
+            assert_eq!(r.problems().len(), 1, "{what}: {:?}", r.problems());
+        }
     }
 }

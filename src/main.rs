@@ -86,8 +86,8 @@ enum Command {
         /// Flight folder name
         flight: String,
     },
-    /// Validate the config, log in to both services, print the effective config (secrets
-    /// redacted)
+    /// Validate the config, print the effective config (secrets redacted), and make one
+    /// authenticated read-only call per service
     CheckConfig,
     /// Start the simulator with a sample dataset, sync it until nothing is left to do, and
     /// print what WebODM holds (no config needed)

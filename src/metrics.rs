@@ -24,6 +24,15 @@ pub struct RequestLabels {
     pub class: String,
 }
 
+/// `{service, class}` of a retry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// `tapis` or `webodm`.
+    pub service: String,
+    /// What failed: `transport`, `5xx`, `429`, `408`, `token`, `truncated`, …
+    pub class: String,
+}
+
 /// `{phase}` of a flight.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
@@ -54,7 +63,7 @@ pub struct Metrics {
     images_uploaded: Counter,
     bytes_uploaded: Counter,
     requests: Family<RequestLabels, Counter>,
-    retries: Counter,
+    retries: Family<RetryLabels, Counter>,
     last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     last_pass: Gauge<f64, std::sync::atomic::AtomicU64>,
     pass_interval: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -111,10 +120,10 @@ impl Metrics {
             "HTTP requests sent, by service and status class",
             requests.clone(),
         );
-        let retries = Counter::default();
+        let retries = Family::<RetryLabels, Counter>::default();
         registry.register(
             "retries",
-            "Requests and transfers retried after a transient failure",
+            "Requests and transfers retried after a transient failure, by service and class of the failure",
             retries.clone(),
         );
         let last_success = Gauge::<f64, AtomicU64>::default();
@@ -281,9 +290,15 @@ pub fn request(service: &str, status: Option<u16>) {
     beat();
 }
 
-/// Counts a retry.
-pub fn retry() {
-    global().retries.inc();
+/// Counts a retry after a failure of `class` (`5xx`, `transport`, …) from `service`.
+pub fn retry(service: &str, class: &str) {
+    global()
+        .retries
+        .get_or_create(&RetryLabels {
+            service: service.to_lowercase(),
+            class: class.to_string(),
+        })
+        .inc();
     beat();
 }
 

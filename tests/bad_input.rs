@@ -515,6 +515,26 @@ fn cases() -> Vec<Case> {
             expect: Expect::Flight(&["creating the task", SHAPE, "missing field `id`"]),
         },
         Case {
+            name: "create task: answer without partial",
+            rule: |_| {
+                on_target_post(
+                    "tasks",
+                    a(|| {
+                        Action::Json(Box::new(|mut v| {
+                            v.as_object_mut().unwrap().remove("partial");
+                            v
+                        }))
+                    }),
+                )
+            },
+            expect: Expect::Flight(&[
+                "creating the task",
+                "WebODM POST /api/projects/",
+                SHAPE,
+                "missing field `partial`",
+            ]),
+        },
+        Case {
             name: "upload: WebODM stored nothing under the name",
             rule: |_| {
                 on_target_post(

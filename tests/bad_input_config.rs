@@ -387,6 +387,147 @@ fn every_problem_is_reported_at_once() {
     assert!(p.iter().all(|p| p.position.is_some()), "{p:?}");
 }
 
+/// The file of issue 10: four problems in two sections, one of each kind.
+pub const FOUR_PROBLEMS: &str = r#"[tapis]
+base_url = "not a url"
+username = "svc"
+password = "x"
+requests_per_second = -3
+colour = "blue"
+[webodm]
+base_url = "http://127.0.0.1:8000"
+username = "u"
+password = "p"
+[sync]
+interval = "five minutes"
+"#;
+
+/// (case, config text, every problem expected in file order: key, line (0: no position),
+/// fragment of its message)
+#[allow(clippy::type_complexity)]
+fn mixture_cases() -> Vec<(
+    &'static str,
+    String,
+    Vec<(&'static str, usize, &'static str)>,
+)> {
+    vec![
+        (
+            "bad URL, negative rate, unknown key, bad duration",
+            FOUR_PROBLEMS.to_string(),
+            vec![
+                ("tapis.base_url", 2, "relative URL without a base"),
+                ("tapis.requests_per_second", 5, "invalid value: integer `-3`"),
+                ("tapis.colour", 6, "unknown field `colour`"),
+                ("sync.interval", 12, ""),
+            ],
+        ),
+        (
+            "one problem in each of several sections",
+            format!(
+                "{}\n[retry]\nmax = 5\n[log]\nformat = \"xml\"\n[admin]\nlisten = \"here\"\n[colours]\nsky = \"blue\"\n",
+                with_webodm("uploads = 3")
+            ),
+            vec![
+                ("webodm.uploads", 10, "unknown field `uploads`"),
+                ("retry.max", 13, "invalid type: integer"),
+                ("log.format", 15, "unknown variant `xml`"),
+                ("admin.listen", 17, ""),
+                ("colours", 18, "unknown field `colours`"),
+            ],
+        ),
+        (
+            "missing required keys mixed with wrong types",
+            "[tapis]\nusername = \"svc\"\npassword = \"pw\"\nrequests_per_second = \"ten\"\n\n[webodm]\nbase_url = \"http://127.0.0.1:8000\"\npassword = \"pw2\"\nmax_concurrent_uploads = -1\n".to_string(),
+            vec![
+                ("tapis.base_url", 1, "required key is missing"),
+                ("tapis.requests_per_second", 4, "invalid type: string"),
+                ("webodm.username", 6, "required key is missing"),
+                ("webodm.max_concurrent_uploads", 9, "invalid value"),
+            ],
+        ),
+        (
+            "a missing section and an unknown key",
+            "[tapis]\nbase_url = \"https://portals.tapis.io\"\nusername = \"svc\"\npassword = \"pw\"\nsecret = 1\n".to_string(),
+            vec![
+                ("tapis.secret", 5, "unknown field `secret`"),
+                ("webodm", 0, "section `[webodm]` is missing"),
+            ],
+        ),
+        (
+            "an empty file names the two sections, not every key in them",
+            String::new(),
+            vec![
+                ("tapis", 0, "section `[tapis]` is missing"),
+                ("webodm", 0, "section `[webodm]` is missing"),
+            ],
+        ),
+        (
+            "a required key of the wrong type is reported once",
+            MIN.replace("username = \"sync\"", "username = 5"),
+            vec![("webodm.username", 8, "invalid type: integer")],
+        ),
+        (
+            "schema, semantic and secret problems together",
+            with_tapis("timeout = true\nmax_concurrent_requests = 0")
+                .replace("password = \"pw2\"", "password_file = \"nope\""),
+            vec![
+                ("tapis.timeout", 5, "invalid type: boolean"),
+                ("tapis.max_concurrent_requests", 6, "at least 1"),
+                ("webodm.password_file", 11, "cannot read secret file"),
+            ],
+        ),
+        (
+            "a TOML syntax error alone: nothing else can be known",
+            format!("{}\n[sync]\ninterval = \"soon\"\n", with_tapis("colour = \"blue")),
+            vec![("", 5, "")],
+        ),
+    ]
+}
+
+#[test]
+fn every_problem_of_every_section_is_reported_in_file_order() {
+    let dir = files();
+    std::env::remove_var("TAPIS_WEBODM_SYNC_WEBODM_PASSWORD");
+    std::env::remove_var("TAPIS_WEBODM_SYNC_TAPIS_PASSWORD");
+    let cases = mixture_cases();
+    let mut failed = Vec::new();
+    for (name, text, want) in &cases {
+        let got = problems(&dir, text);
+        let ok = got.len() == want.len()
+            && got.iter().zip(want).all(|(p, (key, line, fragment))| {
+                p.key == *key
+                    && p.position.map_or(0, |x| x.0) == *line
+                    && p.message.contains(fragment)
+            });
+        if !ok {
+            failed.push(format!("{name}:\n  want {want:?}\n  got  {got:?}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn the_issue_file_gives_line_column_and_key_of_each_problem() {
+    let dir = files();
+    let err = load(&dir, FOUR_PROBLEMS).unwrap_err().to_string();
+    let file = dir.path.join("config.toml").display().to_string();
+    assert!(err.contains("(4 problems)"), "{err}");
+    for want in [
+        format!("{file}:2:12: key `tapis.base_url`: "),
+        format!("{file}:5:23: key `tapis.requests_per_second`: "),
+        format!("{file}:6:1: key `tapis.colour`: unknown field `colour`"),
+        format!("{file}:12:12: key `sync.interval`: "),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in\n{err}");
+    }
+}
+
 fn warnings(dir: &Dir, text: &str) -> Vec<String> {
     let c = load(dir, text).unwrap_or_else(|e| panic!("{e}"));
     c.warning_lines(&dir.path.join("config.toml"))

@@ -104,6 +104,26 @@ fn bad_config_exits_78_naming_file_line_and_key() {
     assert!(err.contains("webodm.requests_per_second"), "{err}");
     assert!(!err.contains("\"p\""), "no secret in the message: {err}");
 
+    // Every problem of a file at once, in every section, each with line:column and key.
+    std::fs::write(
+        &path,
+        "[tapis]\nbase_url = \"not a url\"\nusername = \"svc\"\npassword = \"x\"\nrequests_per_second = -3\ncolour = \"blue\"\n[webodm]\nbase_url = \"http://127.0.0.1:8000\"\nusername = \"u\"\npassword = \"p\"\n[sync]\ninterval = \"five minutes\"\n",
+    )
+    .unwrap();
+    let o = run(&["--config", path.to_str().unwrap(), "check-config"]);
+    assert_eq!(o.status.code(), Some(78), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("(4 problems)"), "{err}");
+    for (at, key) in [
+        ("2:12", "tapis.base_url"),
+        ("5:23", "tapis.requests_per_second"),
+        ("6:1", "tapis.colour"),
+        ("12:12", "sync.interval"),
+    ] {
+        let line = format!("{}:{at}: key `{key}`: ", path.display());
+        assert!(err.contains(&line), "{line:?} not in {err}");
+    }
+
     let o = run(&["--config", "/nonexistent/config.toml", "once"]);
     assert_eq!(o.status.code(), Some(78));
     assert!(stderr(&o).contains("/nonexistent/config.toml"));
@@ -221,7 +241,7 @@ async fn sim_prints_its_url_first_and_writes_a_config() {
     let _ = child.wait();
     drop(out);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("Tapis login: ok"));
+    assert!(stdout(&o).contains("Tapis: ok"), "{}", stdout(&o));
     assert!(!stdout(&o).contains("tapis-secret"));
 }
 
@@ -327,5 +347,78 @@ async fn systems_and_flights_show_what_tapis_holds_within_scope() {
     let flights: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     let want = expected.iter().filter(|f| f.system_id == excluded).count();
     assert_eq!(flights.len(), want);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_proves_a_pre_issued_token_with_a_real_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, _) = sim_with_config(dir.path()).await;
+    let c = sim.credentials().clone();
+    let url = sim.base_url();
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{url}/v3/oauth2/tokens"))
+        .json(&serde_json::json!({"username": c.tapis_username, "password": c.tapis_password, "grant_type": "password"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = reply["result"]["access_token"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let config = dir.path().join("token.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[tapis]\nbase_url = \"{url}\"\ntoken_file = \"token\"\n\n[webodm]\nbase_url = \"{url}\"\nusername = \"{}\"\npassword = \"{}\"\n\n[sync]\nstate_dir = \"state\"\n",
+            c.webodm_username, c.webodm_password
+        ),
+    )
+    .unwrap();
+    let check = || {
+        run_async(vec![
+            "--config".into(),
+            config.to_string_lossy().into_owned(),
+            "check-config".into(),
+        ])
+    };
+
+    // A token Tapis does not accept: check-config fails, naming Tapis and what to do.
+    std::fs::write(dir.path().join("token"), "not-a-valid-token").unwrap();
+    let o = check().await;
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("Tapis: "))
+        .unwrap_or_else(|| panic!("no Tapis line in {out}"));
+    assert!(line.starts_with("Tapis: FAILED"), "{line}");
+    assert!(
+        line.contains("tapis.token_file") && line.contains("replace it"),
+        "{line}"
+    );
+    assert!(out.contains("WebODM: ok"), "{out}");
+    assert!(!out.contains("not-a-valid-token"), "{out}");
+
+    // The simulator's own token: both services answer.
+    std::fs::write(dir.path().join("token"), &token).unwrap();
+    let o = check().await;
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Tapis: ok"), "{out}");
+    assert!(
+        out.contains("first system matching `ptdatax.project.*`: ptdatax.project."),
+        "{out}"
+    );
+    assert!(
+        out.contains("WebODM: ok") && out.contains("projects visible"),
+        "{out}"
+    );
+    assert!(!out.contains(&token), "{out}");
+    let systems: u64 = sim.stats().requests["GET /v3/systems"].values().sum();
+    assert_eq!(systems, 2, "one systems listing per check");
     sim.shutdown().await;
 }

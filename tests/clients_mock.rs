@@ -667,8 +667,11 @@ async fn webodm_flow_project_task_upload_commit() {
         .await
         .unwrap();
     assert_eq!(n, 50_000);
-    assert!(webodm.has_image(7, &t.id, name).await.unwrap());
-    assert!(!webodm.has_image(7, &t.id, "other.jpg").await.unwrap());
+    assert_eq!(webodm.image_size(7, &t.id, name).await.unwrap(), Some(3));
+    assert_eq!(
+        webodm.image_size(7, &t.id, "other.jpg").await.unwrap(),
+        None
+    );
     // A name WebODM stores differently is an error.
     let body: ByteStream = Box::pin(futures_util::stream::iter(vec![Ok(Bytes::from(content(
         10,
@@ -799,4 +802,70 @@ async fn requests_are_rate_limited() {
         "{:?}",
         t.elapsed()
     );
+}
+
+/// A raw HTTP/1.1 server (one request per connection) for answers hyper's server would not
+/// send as written: `Content-Length` spelled as gunicorn does, or a 200 without one.
+async fn raw_webodm() -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let resp = if head.starts_with("POST /api/token-auth/") {
+                    let body = r#"{"token":"opaque-test-token"}"#;
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else if head.starts_with("HEAD ") && head.contains("/gunicorn.jpg ") {
+                    "HTTP/1.1 200 OK\r\nServer: gunicorn\r\nContent-Type: image/jpeg\r\nContent-Length: 1234\r\nConnection: close\r\n\r\n".to_string()
+                } else if head.starts_with("HEAD ") && head.contains("/hyper.jpg ") {
+                    "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\ncontent-length: 99\r\nconnection: close\r\n\r\n".to_string()
+                } else if head.starts_with("HEAD ") && head.contains("/no-length.jpg ") {
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n\r\n"
+                        .to_string()
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 23\r\nConnection: close\r\n\r\n{\"detail\":\"Not found.\"}".to_string()
+                };
+                let _ = tcp.write_all(resp.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn webodm_image_size_reads_content_length_in_any_case() {
+    let cfg = config(raw_webodm().await);
+    let (_, webodm) = clients(&cfg);
+    let t = "3c1a2b7e-4f7e-4a43-9a0e-0d6f0f9f5a11";
+    assert_eq!(
+        webodm.image_size(7, t, "gunicorn.jpg").await.unwrap(),
+        Some(1234)
+    );
+    assert_eq!(
+        webodm.image_size(7, t, "hyper.jpg").await.unwrap(),
+        Some(99)
+    );
+    // A 200 without a Content-Length: the size is unknown, so the image is uploaded again.
+    assert_eq!(
+        webodm.image_size(7, t, "no-length.jpg").await.unwrap(),
+        None
+    );
+    assert_eq!(webodm.image_size(7, t, "absent.jpg").await.unwrap(), None);
 }

@@ -205,10 +205,13 @@ async fn project_task_upload_commit_flow() {
         .await
         .unwrap();
     for img in &f.images {
-        assert!(!webodm
-            .has_image(project.id, &task.id, &img.name)
-            .await
-            .unwrap());
+        assert_eq!(
+            webodm
+                .image_size(project.id, &task.id, &img.name)
+                .await
+                .unwrap(),
+            None
+        );
         let entry = listed.iter().find(|e| e.name == img.name).unwrap();
         let body = tapis.download(&f.system_id, &entry.path).await.unwrap();
         let body = verify_length(body, entry.size, entry.path.clone());
@@ -217,10 +220,13 @@ async fn project_task_upload_commit_flow() {
             .await
             .unwrap();
         assert_eq!(stored, img.size);
-        assert!(webodm
-            .has_image(project.id, &task.id, &img.name)
-            .await
-            .unwrap());
+        assert_eq!(
+            webodm
+                .image_size(project.id, &task.id, &img.name)
+                .await
+                .unwrap(),
+            Some(img.size)
+        );
     }
     // Re-uploading a file overwrites it.
     let img = &f.images[0];
@@ -349,8 +355,9 @@ async fn odd_file_names_upload_and_are_found_by_name() {
             .upload_image(project.id, &task.id, name, body, 1234)
             .await;
         assert_eq!(r.unwrap(), 1234, "{name}");
-        assert!(
-            webodm.has_image(project.id, &task.id, name).await.unwrap(),
+        assert_eq!(
+            webodm.image_size(project.id, &task.id, name).await.unwrap(),
+            Some(1234),
             "{name}"
         );
     }

@@ -12,6 +12,11 @@ use tapis_webodm_sync::sim::{DatasetSpec, Faults};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_pass_syncs_everything_and_second_does_nothing() {
     let rig = Rig::new(&small_spec()).await;
+    assert_eq!(
+        support::pinned_flights(&rig.sim),
+        4,
+        "every flight with pinned tags is in the dataset"
+    );
     let first = rig.pass().await;
     assert_no_errors(&first);
     let expected = rig.sim.dataset().expected();
@@ -212,6 +217,55 @@ async fn wiped_state_adopts_instead_of_duplicating() {
         ),
         (0, 0, 0)
     );
+    assert_synced_exactly(&rig.sim);
+    rig.sim.shutdown().await;
+}
+
+const UPLOAD_ROUTE: &str = "POST /api/projects/{project}/tasks/{task}/upload/";
+
+fn uploads_sent(rig: &Rig) -> u64 {
+    rig.sim
+        .stats()
+        .requests
+        .get(UPLOAD_ROUTE)
+        .map_or(0, |by_status| by_status.values().sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adoption_trusts_sizes_not_names() {
+    let spec = small_spec();
+    let mut rig = Rig::new(&spec).await;
+    // Long settle: every image is in a task that stays partial.
+    rig.config.sync.settle = Duration::from_secs(3600);
+    assert_no_errors(&rig.pass().await);
+    let images = rig.sim.dataset().expected().images;
+    assert_eq!(uploads_sent(&rig), images);
+
+    // State lost, nothing changed: every image WebODM holds has the listed size, none is
+    // uploaded again.
+    rig.wipe_state();
+    let s = rig.pass().await;
+    assert_no_errors(&s);
+    assert_eq!((s.tasks_created, s.images_uploaded), (0, 0));
+    assert_eq!(uploads_sent(&rig), images, "no image uploaded twice");
+
+    // State lost and every image replaced on Tapis by other bytes of another size (sizes
+    // between 6 750 and 11 250 bytes instead of 2 250 to 3 750): same names, new versions.
+    rig.wipe_state();
+    rig.sim.replace_dataset(&DatasetSpec {
+        image_size: 9_000,
+        ..spec
+    });
+    rig.config.sync.settle = Duration::ZERO;
+    let s = rig.pass().await;
+    assert_no_errors(&s);
+    assert_eq!(s.tasks_created, 0, "tasks adopted");
+    assert_eq!(
+        s.images_uploaded as u64, images,
+        "every new version uploaded"
+    );
+    assert_eq!(uploads_sent(&rig), 2 * images);
+    // The report checks WebODM's images byte for byte against the new dataset.
     assert_synced_exactly(&rig.sim);
     rig.sim.shutdown().await;
 }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{assert_no_errors, assert_synced_exactly, converged, Rig};
+use support::{
+    assert_no_errors, assert_one_commit_per_task, assert_synced_exactly, converged, Rig,
+};
 use tapis_webodm_sync::engine::state::Store;
 use tapis_webodm_sync::sim::{DatasetSpec, Faults, Sim};
 
@@ -77,6 +79,13 @@ async fn chaos_converges_without_duplicates_or_corruption() {
         );
     }
     assert_synced_exactly(&rig.sim);
+    // Commits answered 502 after the fact were looked up, never sent twice.
+    assert_one_commit_per_task(&rig.sim);
+    assert_eq!(
+        rig.sim.stats().commits.len() as u64,
+        rig.sim.dataset().expected().flights,
+        "exactly one commit per task"
+    );
     // Calm again: nothing left to do.
     rig.sim.set_faults(Faults::default());
     let last = rig.pass().await;
@@ -288,20 +297,35 @@ async fn sigkill_at_many_points_never_duplicates_or_corrupts() {
         ],
         "[retry]\ninitial = \"20ms\"\nmax = \"200ms\"\nmax_elapsed = \"5s\"\n",
     );
-    // Kill targets in the order the sync reaches them.
+    // Kill targets in the order the sync reaches them, 5 per flight: after its project is
+    // created, its task, its first upload, two uploads later, and its commit. Creates and
+    // commits happen once per flight, so the f-th of each is flight f's; uploads are counted
+    // from where the previous kill left off (an image killed before it was recorded is
+    // uploaded again), so every target lies ahead.
+    assert_eq!(images % flights, 0);
+    assert!(
+        images / flights >= 3,
+        "room for two upload kills per flight"
+    );
     let mut targets = Vec::new();
     for f in 1..=flights {
-        targets.push((PROJECT, f));
-        targets.push((TASK, f));
-        targets.push((UPLOAD, (f - 1) * images / flights + 1));
-        targets.push((UPLOAD, (f - 1) * images / flights + 3));
-        targets.push((COMMIT, f));
+        targets.push((PROJECT, f, false));
+        targets.push((TASK, f, false));
+        targets.push((UPLOAD, 1, true));
+        targets.push((UPLOAD, 2, true));
+        targets.push((COMMIT, f, false));
     }
     let mut kills: BTreeMap<&str, usize> = BTreeMap::new();
-    for (route, n) in targets {
-        if route_count(&sim, route) >= n {
-            continue;
-        }
+    for (route, n, from_here) in targets {
+        let n = if from_here {
+            route_count(&sim, route) + n
+        } else {
+            n
+        };
+        assert!(
+            route_count(&sim, route) < n,
+            "{route} #{n} already happened: {kills:?}"
+        );
         let mut child = Command::new(service_support::BIN)
             .args(["--config", config.to_str().unwrap(), "once"])
             .stdout(Stdio::null())
@@ -329,13 +353,18 @@ async fn sigkill_at_many_points_never_duplicates_or_corrupts() {
         "sigkill: {total} kill points {kills:?} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    assert!(total >= 20, "only {total} kill points: {kills:?}");
-    for route in [PROJECT, TASK, UPLOAD, COMMIT] {
-        assert!(
-            kills.get(route).copied().unwrap_or(0) >= 3,
-            "{route}: {kills:?}"
-        );
-    }
+    let per_flight = flights as usize;
+    assert_eq!(
+        kills,
+        BTreeMap::from([
+            (PROJECT, per_flight),
+            (TASK, per_flight),
+            (UPLOAD, 2 * per_flight),
+            (COMMIT, per_flight),
+        ]),
+        "every one of the 30 targets was reached and killed"
+    );
+    assert_eq!(total, 30);
     // Restarted without kills, it converges with nothing duplicated.
     for _ in 0..5 {
         let o = Command::new(service_support::BIN)
@@ -356,6 +385,12 @@ async fn sigkill_at_many_points_never_duplicates_or_corrupts() {
     assert_eq!(
         projects_posted, flights,
         "no project was ever created twice"
+    );
+    assert_one_commit_per_task(&sim);
+    assert_eq!(
+        route_count(&sim, COMMIT),
+        flights,
+        "exactly one commit per task, none sent twice"
     );
     sim.shutdown().await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use service_support::*;
+use tapis_webodm_sync::sim::{DatasetSpec, Faults, Sim};
 
 /// A strict reader of the Prometheus text format: every non-comment line is
 /// `name{labels} value`, every sample's family has `# HELP` and `# TYPE` lines first.
@@ -103,7 +104,10 @@ async fn admin_endpoint_health_metrics_status_and_status_command_while_running()
     assert_eq!(get("tapis_webodm_sync_pass_duration_seconds_count"), 1.0);
     assert!(get("tapis_webodm_sync_http_requests_total{service=\"tapis\",class=\"2xx\"}") >= 3.0);
     assert!(get("tapis_webodm_sync_http_requests_total{service=\"webodm\",class=\"2xx\"}") >= 8.0);
-    assert_eq!(get("tapis_webodm_sync_retries_total"), 0.0);
+    assert!(
+        !text.contains("tapis_webodm_sync_retries_total{"),
+        "no fault, no retry:\n{text}"
+    );
     let last = get("tapis_webodm_sync_last_successful_pass_timestamp_seconds");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -147,6 +151,78 @@ async fn admin_endpoint_health_metrics_status_and_status_command_while_running()
 
     let nf = reqwest::get(format!("{base}/nope")).await.unwrap();
     assert_eq!(nf.status(), 404);
+    drop(d);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_counted_by_service_and_class_under_injected_faults() {
+    // Only faults that each cost exactly one retry: 5xx answers before any side effect, and
+    // Tapis downloads cut short under a 200. Uploads get no 5xx: an upload whose download is
+    // cut short would hide it.
+    let faults = Faults {
+        error_rate: 0.25,
+        route_rates: [(
+            "POST /api/projects/{project}/tasks/{task}/upload/".to_string(),
+            0.0,
+        )]
+        .into(),
+        truncate_rate: 0.3,
+        ..Faults::default()
+    };
+    let dataset = DatasetSpec {
+        flights_per_system: 4,
+        ..spec(4, 3_000)
+    };
+    let sim = Sim::start_with(&dataset, "127.0.0.1:0".parse().unwrap(), faults)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (config, _) = write_config(
+        &sim,
+        dir.path(),
+        &[("sync", "interval = \"1h\"")],
+        &format!(
+            "\n[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[retry]\ninitial = \"10ms\"\nmax = \"50ms\"\nmax_elapsed = \"30s\"\n"
+        ),
+    );
+    let d = Daemon::start(&config, false, &[]);
+    d.wait_log("pass finished", 1, Duration::from_secs(30));
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = parse_prometheus(&text);
+    let retries = |service: &str, class: &str| {
+        m.get(&format!(
+            "tapis_webodm_sync_retries_total{{service=\"{service}\",class=\"{class}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    let injected = sim.stats().faults_injected;
+    let errors = injected.get("error").copied().unwrap_or(0) as f64;
+    let truncated = injected.get("truncate").copied().unwrap_or(0) as f64;
+    assert!(errors > 0.0 && truncated > 0.0, "{injected:?}");
+    assert!(retries("tapis", "5xx") > 0.0, "{text}");
+    assert!(retries("webodm", "5xx") > 0.0, "{text}");
+    assert_eq!(
+        retries("tapis", "5xx") + retries("webodm", "5xx"),
+        errors,
+        "one retry per injected 5xx:\n{text}"
+    );
+    assert_eq!(
+        retries("tapis", "truncated"),
+        truncated,
+        "one retry per truncated download:\n{text}"
+    );
+    assert!(
+        !text.contains("class=\"transport\""),
+        "a truncated download is not a WebODM transport failure:\n{text}"
+    );
     drop(d);
     sim.shutdown().await;
 }

@@ -453,6 +453,49 @@ async fn tasks_upload_overwrite_commit() {
 }
 
 #[tokio::test]
+async fn chunked_upload_is_refused_and_every_commit_is_counted() {
+    let sim = Sim::start(&spec(), local()).await.unwrap();
+    let api = Api::login(&sim).await;
+    let pid = api.project("P", json!([])).await;
+    let tid = api.task(pid).await;
+    // A streamed part without a length: reqwest sends the body chunked, without Content-Length.
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from(vec![7; 100]))];
+    let part = Part::stream(reqwest::Body::wrap_stream(futures_util::stream::iter(
+        chunks,
+    )))
+    .file_name("IMG_1.jpg");
+    let r = api
+        .req(
+            Method::POST,
+            &format!("/api/projects/{pid}/tasks/{tid}/upload/"),
+        )
+        .multipart(Form::new().part("images", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!(["No files uploaded"])
+    );
+    assert!(sim.webodm_projects()[0].tasks[0].images.is_empty());
+
+    let (s, _) = api
+        .upload(pid, &tid, vec![("IMG_1.jpg".into(), vec![7; 100])])
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let commit = format!("/api/projects/{pid}/tasks/{tid}/commit/");
+    let (s, v) = api.send(Method::POST, &commit, None).await;
+    assert_eq!((s, &v["partial"]), (StatusCode::OK, &json!(false)));
+    assert_eq!(sim.stats().commits, [(tid.clone(), 1)].into());
+    // A second commit is accepted, as by WebODM (which queues processing again), and counted.
+    let (s, _) = api.send(Method::POST, &commit, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(sim.stats().commits, [(tid.clone(), 2)].into());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn aborted_upload_is_not_recorded() {
     let sim = Sim::start(&spec(), local()).await.unwrap();
     let api = Api::login(&sim).await;

@@ -65,7 +65,7 @@ pub enum ApiError {
         /// The start of the response body.
         body: String,
     },
-    /// A body ended before the announced number of bytes.
+    /// A Tapis download ended before the listing's number of bytes.
     #[error("{what}: truncated: expected {expected} bytes, got {got}")]
     Truncated {
         /// What was being read.
@@ -75,7 +75,7 @@ pub enum ApiError {
         /// Bytes received.
         got: u64,
     },
-    /// A body carried more than the announced number of bytes.
+    /// A Tapis download carried more than the listing's number of bytes.
     #[error("{what}: overlong: expected {expected} bytes, got at least {got}")]
     Overlong {
         /// What was being read.
@@ -128,6 +128,43 @@ impl ApiError {
             | ApiError::Overlong { .. }
             | ApiError::Rejected { .. }
             | ApiError::Setup { .. } => false,
+        }
+    }
+
+    /// The service that failed: `Tapis` or `WebODM`. A truncated or overlong body is a Tapis
+    /// download checked against its listing (the only bodies whose length is checked).
+    pub fn service(&self) -> &'static str {
+        match self {
+            ApiError::Transport { service, .. }
+            | ApiError::Status { service, .. }
+            | ApiError::Decode { service, .. }
+            | ApiError::Auth { service, .. }
+            | ApiError::TokenRejected { service, .. }
+            | ApiError::Rejected { service, .. }
+            | ApiError::Setup { service, .. } => service,
+            ApiError::Truncated { .. } | ApiError::Overlong { .. } => "Tapis",
+        }
+    }
+
+    /// The error's class, as counted in metrics: `transport`, `5xx`, `429`, `408`, `4xx`,
+    /// `token` (a session token rejected), `truncated`, `overlong`, `decode`, `auth`,
+    /// `rejected` (refused for good) or `setup`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ApiError::Transport { .. } => "transport",
+            ApiError::Status { status, .. } => match status {
+                429 => "429",
+                408 => "408",
+                s if *s >= 500 => "5xx",
+                _ => "4xx",
+            },
+            ApiError::TokenRejected { .. } => "token",
+            ApiError::Truncated { .. } => "truncated",
+            ApiError::Overlong { .. } => "overlong",
+            ApiError::Decode { .. } => "decode",
+            ApiError::Auth { .. } => "auth",
+            ApiError::Rejected { .. } => "rejected",
+            ApiError::Setup { .. } => "setup",
         }
     }
 
@@ -250,6 +287,55 @@ mod tests {
         let group = status(400, r#"{"error":"Invalid group in permissions list"}"#);
         assert!(group.is_invalid_group() && !group.is_invalid_user());
         assert!(!status(500, "Invalid user in permissions list").is_invalid_user());
+    }
+
+    #[test]
+    fn errors_name_their_service_and_class() {
+        let classes: Vec<(&str, &str)> = [
+            status(503, ""),
+            status(500, ""),
+            status(429, ""),
+            status(408, ""),
+            status(404, ""),
+            ApiError::Transport {
+                service: "WebODM",
+                op: "GET /api/projects/".into(),
+                detail: "reset".into(),
+            },
+            ApiError::TokenRejected {
+                service: "WebODM",
+                op: "POST /x/".into(),
+                status: 403,
+                body: String::new(),
+            },
+            ApiError::Truncated {
+                what: "x".into(),
+                expected: 2,
+                got: 1,
+            },
+            ApiError::Overlong {
+                what: "x".into(),
+                expected: 2,
+                got: 3,
+            },
+        ]
+        .iter()
+        .map(|e| (e.service(), e.class()))
+        .collect();
+        assert_eq!(
+            classes,
+            [
+                ("Tapis", "5xx"),
+                ("Tapis", "5xx"),
+                ("Tapis", "429"),
+                ("Tapis", "408"),
+                ("Tapis", "4xx"),
+                ("WebODM", "transport"),
+                ("WebODM", "token"),
+                ("Tapis", "truncated"),
+                ("Tapis", "overlong"),
+            ]
+        );
     }
 
     #[test]

@@ -157,7 +157,9 @@ impl Reply {
             .and_then(|v| v.to_str().ok())
     }
 
-    /// The response's `Content-Length`, if it has a readable one.
+    /// The `Content-Length` header as sent (header names are case-insensitive), if readable.
+    /// Unlike reqwest's `content_length()`, this reads the header itself, so it also works
+    /// for a `HEAD` answer, whose body is empty.
     pub(crate) fn content_length(&self) -> Option<u64> {
         self.resp
             .headers()
@@ -265,6 +267,20 @@ pub(crate) fn decode_json<T: DeserializeOwned>(
             .map_err(|e| describe(&e, String::new())),
         Err(e) => Err(describe(e.inner(), e.path().to_string())),
     }
+}
+
+/// The failure of a streamed request body, when that is what stopped the request: a Tapis
+/// download feeding a WebODM upload that was cut short, reset or overlong is that download's
+/// error (its service and class), not a WebODM transport failure.
+fn body_failure(e: &reqwest::Error) -> Option<ApiError> {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(api) = s.downcast_ref::<ApiError>() {
+            return Some(api.clone());
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// Turns a reqwest failure into [`ApiError::Transport`], with its causes and without its URL.
@@ -387,7 +403,9 @@ impl Service {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let resp = self.client.execute(req).await;
         crate::metrics::request(self.name, resp.as_ref().ok().map(|r| r.status().as_u16()));
-        let resp = resp.map_err(|e| transport(self.name, &op, "sending the request", e))?;
+        let resp = resp.map_err(|e| {
+            body_failure(&e).unwrap_or_else(|| transport(self.name, &op, "sending the request", e))
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(Reply {

@@ -10,6 +10,10 @@ use backon::{ExponentialBuilder, Retryable};
 use super::error::ApiError;
 use crate::config::RetryConfig;
 
+/// How long an operation may keep retrying before one warn line says so (what, why, the next
+/// wait), so the log never goes quiet while the daemon waits.
+pub const WARN_AFTER: Duration = Duration::from_secs(30);
+
 /// Parses a `Retry-After` value: delay seconds or an HTTP-date (a date in the past is zero).
 pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
@@ -62,18 +66,36 @@ impl RetryPolicy {
     }
 
     /// Runs `op` until it succeeds, fails for good ([`ApiError::is_retryable`] is false), or the
-    /// budget is spent. Each retry is logged at debug with `what`, the reason and the wait.
+    /// budget is spent. Each retry is counted in metrics (by service and error class) and
+    /// logged at debug with `what`, the reason and the wait; once the operation has been
+    /// retrying for [`WARN_AFTER`], one warn line says so.
     pub async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
+        let started = tokio::time::Instant::now();
+        let mut warned = false;
         op.retry(self.backoff)
             .sleep(tokio::time::sleep)
             .when(ApiError::is_retryable)
             .adjust(|e: &ApiError, wait| self.wait(wait, e.retry_after(), rand::random::<f64>()))
             .notify(|e: &ApiError, wait| {
-                tracing::debug!(what, error = %e, wait = ?wait, "retrying");
+                crate::metrics::retry(e.service(), e.class());
+                let elapsed = started.elapsed();
+                if elapsed >= WARN_AFTER && !warned {
+                    warned = true;
+                    let round = |d: Duration| Duration::from_millis(d.as_millis() as u64);
+                    tracing::warn!(
+                        what,
+                        error = %e,
+                        retrying_for = %humantime::format_duration(round(elapsed)),
+                        next_try_in = %humantime::format_duration(round(wait)),
+                        "still retrying"
+                    );
+                } else {
+                    tracing::debug!(what, error = %e, wait = ?wait, "retrying");
+                }
             })
             .await
     }
@@ -82,6 +104,7 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
     use std::time::UNIX_EPOCH;
 
     #[test]
@@ -116,5 +139,83 @@ mod tests {
         assert_eq!(p.wait(d, ra, 0.1), Some(Duration::from_secs(3)));
         assert_eq!(p.wait(d, Some(Duration::from_secs(61)), 0.5), None);
         assert_eq!(p.wait(None, None, 0.5), None, "budget spent");
+    }
+
+    /// A subscriber that writes warn (and worse) lines into a buffer.
+    fn capture() -> (impl tracing::Subscriber, Arc<Mutex<Vec<u8>>>) {
+        #[derive(Clone)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = Buf(Arc::clone(&buf));
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (subscriber, buf)
+    }
+
+    /// Runs an operation that answers 503 until `fails_for` (virtual time) has passed; returns
+    /// the warn lines logged meanwhile.
+    async fn warnings_while_failing(fails_for: Duration) -> Vec<String> {
+        let p = RetryPolicy::new(&RetryConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+            max_elapsed: Duration::from_secs(600),
+            listing_elapsed: Duration::from_secs(60),
+        });
+        let (subscriber, buf) = capture();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let start = tokio::time::Instant::now();
+        let r = p
+            .run("sys.a/Flight 1: listing", || async {
+                if start.elapsed() < fails_for {
+                    Err(ApiError::Status {
+                        service: "Tapis",
+                        op: "GET /v3/files/ops/sys.a/Flight 1/code/images".into(),
+                        status: 503,
+                        body: String::new(),
+                        retry_after: None,
+                    })
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 7);
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_retry_logs_one_warning_with_what_why_and_next_wait() {
+        let lines = warnings_while_failing(Duration::from_secs(100)).await;
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        let line = &lines[0];
+        for part in [
+            "WARN",
+            "still retrying",
+            "what=\"sys.a/Flight 1: listing\"",
+            "HTTP 503",
+            "retrying_for=3",
+            "next_try_in=",
+        ] {
+            assert!(line.contains(part), "{part:?} not in {line}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_retry_logs_no_warning() {
+        let lines = warnings_while_failing(Duration::from_secs(20)).await;
+        assert!(lines.is_empty(), "{lines:#?}");
     }
 }

@@ -272,6 +272,22 @@ impl TapisClient {
         }
     }
 
+    /// The first system (in id order) matching `pattern` that the account can see: one
+    /// authenticated, read-only request (`limit=1`) that proves the token is accepted.
+    pub async fn first_system(&self, pattern: &str) -> Result<Option<System>, ApiError> {
+        let url = self.inner.svc.url(&["v3", "systems"], false);
+        let search = format!("(id.like.{pattern})");
+        let query = [
+            ("listType", "ALL"),
+            ("search", search.as_str()),
+            ("select", SYSTEM_FIELDS),
+            ("orderBy", "id(asc)"),
+            ("limit", "1"),
+        ];
+        let page: Envelope<Vec<System>> = self.get_json(&url, &query).await?;
+        Ok(page.result.into_iter().next())
+    }
+
     /// Every entry of a directory, all pages (`path` is relative to the system root; `""` is
     /// the root). A missing path or system is an error with `is_not_found()`.
     pub async fn list_dir(&self, system: &str, path: &str) -> Result<Vec<FileEntry>, ApiError> {
@@ -373,16 +389,15 @@ impl TapisClient {
             Err(e) => e,
         };
         let why = refused(&err);
+        let pre_issued = matches!(self.inner.auth, TapisAuth::Token(_));
         match why {
             Refused::No => return Err(err),
+            _ if pre_issued => return Err(pre_issued_refused(&err)),
             Refused::Other => {
                 self.forget(&token, false).await;
                 return Err(err);
             }
             Refused::Expired | Refused::Revoked => {}
-        }
-        if matches!(self.inner.auth, TapisAuth::Token(_)) {
-            return Err(pre_issued_refused(&err));
         }
         self.forget(&token, why == Refused::Revoked).await;
         Err(ApiError::TokenRejected {
@@ -443,10 +458,12 @@ impl TapisClient {
             // Not worth a second try now, but never keep a token Tapis refused.
             self.forget(&token, false).await;
         }
-        if !matches!(why, Refused::Expired | Refused::Revoked) {
+        let pre_issued = matches!(self.inner.auth, TapisAuth::Token(_));
+        let renewable = matches!(why, Refused::Expired | Refused::Revoked);
+        if !(renewable || (why == Refused::Other && pre_issued)) {
             return Err(err);
         }
-        if matches!(self.inner.auth, TapisAuth::Token(_)) {
+        if pre_issued {
             return Err(pre_issued_refused(&err));
         }
         tracing::debug!(
@@ -581,8 +598,8 @@ fn pre_issued_refused(err: &ApiError) -> ApiError {
     ApiError::Auth {
         service: SERVICE,
         detail: format!(
-            "the pre-issued token in `tapis.token_file` is no longer accepted ({err}): \
-             replace it, or configure a password instead"
+            "the pre-issued token in `tapis.token_file` is not (or no longer) accepted \
+             ({err}): replace it, or configure a password instead"
         ),
     }
 }

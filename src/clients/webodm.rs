@@ -61,8 +61,8 @@ pub struct Task {
     /// Task name.
     #[serde(default)]
     pub name: Option<String>,
-    /// Whether it still accepts uploads (not committed yet).
-    #[serde(default)]
+    /// Whether it still accepts uploads (not committed yet). Required: a task without it is
+    /// a decode error, never read as committed.
     pub partial: bool,
     /// `None` (not accepted by a node yet), 10 queued, 20 running, 30 failed, 40 completed,
     /// 50 canceled.
@@ -334,6 +334,25 @@ impl WebodmClient {
             .await
     }
 
+    /// How many projects the account can see: one authenticated, read-only request (the
+    /// first page of the paginated listing) that proves the token is accepted.
+    pub async fn count_projects(&self) -> Result<u64, ApiError> {
+        #[derive(Deserialize)]
+        struct Page {
+            count: u64,
+        }
+        let url = self.url(&["api", "projects"]);
+        let page: Page = self
+            .read(|| {
+                self.inner
+                    .svc
+                    .request(Method::GET, url.clone())
+                    .query(&[("page", "1")])
+            })
+            .await?;
+        Ok(page.count)
+    }
+
     /// Projects named exactly `name` (WebODM trims the filter's outer whitespace).
     pub async fn find_projects(&self, name: &str) -> Result<Vec<Project>, ApiError> {
         let url = self.url(&["api", "projects"]);
@@ -473,14 +492,16 @@ impl WebodmClient {
             .await
     }
 
-    /// Whether the task already holds an image of that name (`HEAD`, 200 or 404). WebODM also
-    /// answers 404 when the task or project does not exist: that reads as `false` here.
-    pub async fn has_image(
+    /// The size in bytes of the task's image of that name as WebODM holds it (`HEAD`, 200 or
+    /// 404), read from the answer's `Content-Length`. `None` when WebODM holds no such image
+    /// (404, which WebODM also answers when the task or project does not exist) or answered 200
+    /// without a readable `Content-Length` (size unknown): either way, upload it.
+    pub async fn image_size(
         &self,
         project: i64,
         task: &str,
         file_name: &str,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<Option<u64>, ApiError> {
         let pid = project.to_string();
         // This route takes the rest of the path as the file name: no trailing slash.
         let url = self.inner.svc.url(
@@ -490,16 +511,24 @@ impl WebodmClient {
             false,
         );
         let svc = &self.inner.svc;
-        let found = svc
-            .retry(|| async {
-                match self.call(|| svc.request(Method::HEAD, url.clone())).await {
-                    Ok(_) => Ok(true),
-                    Err(e) if e.is_not_found() => Ok(false),
-                    Err(e) => Err(e),
+        svc.retry(|| async {
+            match self.call(|| svc.request(Method::HEAD, url.clone())).await {
+                Ok(reply) => {
+                    let size = reply.content_length();
+                    if size.is_none() {
+                        tracing::info!(
+                            service = SERVICE,
+                            image = file_name,
+                            "HEAD answered 200 without a readable Content-Length: size unknown"
+                        );
+                    }
+                    Ok(size)
                 }
-            })
-            .await?;
-        Ok(found)
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     /// One project; a missing project (or one the account may not see) is an error with
@@ -787,14 +816,14 @@ mod tests {
         assert_eq!(t.processing_time, -1);
         assert!(t.available_assets.is_empty() && t.pending_action.is_none());
         let t: Task = serde_json::from_value(serde_json::json!({
-            "id":"t","project":1,"status":40,"processing_time":5123,"pending_action":3,
+            "id":"t","project":1,"partial":false,"status":40,"processing_time":5123,"pending_action":3,
             "available_assets":["all.zip","orthophoto.tif"],"last_error":null}))
         .unwrap();
         assert_eq!(t.processing_time, 5123);
         assert_eq!(t.available_assets, ["all.zip", "orthophoto.tif"]);
         assert_eq!(t.pending_action, Some(3));
         let t: Task = serde_json::from_value(serde_json::json!({
-            "id":"t","project":1,"processing_time":null,"available_assets":null}))
+            "id":"t","project":1,"partial":false,"processing_time":null,"available_assets":null}))
         .unwrap();
         assert_eq!(t.processing_time, -1);
     }
@@ -831,6 +860,20 @@ mod tests {
             serde_json::to_value(&edit).unwrap(),
             serde_json::json!({"name":"n","description":"d","tags":["a"]})
         );
+    }
+
+    #[test]
+    fn a_task_without_partial_is_an_error_naming_the_route_never_committed() {
+        let e = decode_task(br#"{"id":"t","project":1,"status":null}"#).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ApiError::Decode { .. }), "{e:?}");
+        assert!(
+            text.starts_with("WebODM GET /api/projects/1/tasks/t/: unexpected response"),
+            "{text}"
+        );
+        assert!(text.contains("missing field `partial`"), "{text}");
+        let t = decode_task(br#"{"id":"t","project":1,"partial":false}"#).unwrap();
+        assert!(!t.partial);
     }
 
     #[test]

@@ -58,30 +58,58 @@ impl Config {
     }
 
     /// Parses and validates config text; `path` names it in errors and anchors relative files.
+    /// Every problem of the file is reported at once: schema problems (unknown keys, wrong
+    /// types, missing required keys) in every section, then the semantic checks, secrets and
+    /// CA files, each with its line:column and key, in file order.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let invalid = |problems| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        };
-        let mut config: Config = parse(text).map_err(|p| invalid(vec![p]))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut problems = config.validate();
-        problems.extend(config.resolve_secrets(base));
-        problems.extend(config.resolve_ca_files(base));
-        if problems.is_empty() {
-            let mut warnings = config.warn_insecure_urls();
-            warnings.extend(secret_file_warnings(&config, base));
-            for w in &mut warnings {
-                w.position = w.position.or_else(|| key_position(text, &w.key));
+        let (parsed, reported) = parse(text);
+        // Once a key is reported, nothing more is said about it or what it holds (it was
+        // removed or replaced to go on parsing).
+        let mut problems: Vec<Problem> = Vec::new();
+        for p in reported {
+            if !problems.iter().any(|r| covers(&r.key, &p.key)) {
+                problems.push(p);
             }
-            config.warnings = warnings;
-            Ok(config)
-        } else {
-            for p in &mut problems {
-                p.position = p.position.or_else(|| key_position(text, &p.key));
-            }
-            Err(invalid(problems))
         }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = match parsed {
+            Some(config) => config,
+            None => return Err(invalid(path, text, problems)),
+        };
+        let mut later = config.validate();
+        later.extend(config.resolve_secrets(base));
+        later.extend(config.resolve_ca_files(base));
+        later.retain(|p| !problems.iter().any(|r| covers(&r.key, &p.key)));
+        problems.extend(later);
+        if !problems.is_empty() {
+            return Err(invalid(path, text, problems));
+        }
+        let mut warnings = config.warn_insecure_urls();
+        warnings.extend(secret_file_warnings(&config, base));
+        for w in &mut warnings {
+            w.position = w.position.or_else(|| key_position(text, &w.key));
+        }
+        config.warnings = warnings;
+        Ok(config)
+    }
+}
+
+/// Whether a problem about `reported` already covers `key`: the same key or one inside it.
+fn covers(reported: &str, key: &str) -> bool {
+    key.strip_prefix(reported)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
+/// The error for `problems`, each placed in the file and listed in file order (problems
+/// without a position last).
+fn invalid(path: &Path, text: &str, mut problems: Vec<Problem>) -> ConfigError {
+    for p in &mut problems {
+        p.position = p.position.or_else(|| key_position(text, &p.key));
+    }
+    problems.sort_by_key(|p| p.position.map_or((usize::MAX, usize::MAX), |x| x));
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
     }
 }
 
@@ -283,8 +311,8 @@ password = "pw2"
         for name in ["example.toml", "demo.toml"] {
             let text = std::fs::read_to_string(root.join(name)).unwrap();
             // The example points at files that exist only on a real host: check the schema.
-            let parsed = parse(&text);
-            assert!(parsed.is_ok(), "{name}: {parsed:?}");
+            let (parsed, problems) = parse(&text);
+            assert!(problems.is_empty(), "{name}: {problems:?}");
             assert!(parsed.unwrap().validate().is_empty(), "{name}");
         }
     }

@@ -1,8 +1,12 @@
 //! Every check of a config file, and how problems are reported: each with the file, the
 //! line/column and the dotted key it concerns.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use serde_path_to_error::Segment;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 use url::Url;
 
 use super::Config;
@@ -343,14 +347,125 @@ pub(super) fn problem(key: &str, message: String) -> Problem {
     }
 }
 
-/// Deserializes the file, keeping the key path and position of the first error.
-pub(super) fn parse(text: &str) -> Result<Config, Problem> {
-    let de = toml::de::Deserializer::parse(text).map_err(|e| toml_problem(text, "", &e))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { String::new() } else { key };
-        toml_problem(text, &key, e.inner())
+/// Most repairs tried while collecting a file's problems (each repair removes or replaces one
+/// key, so a real file never comes close).
+const MAX_REPAIRS: usize = 200;
+
+/// Deserializes the file and reports every problem the schema finds, not only the first: each
+/// time deserializing fails at a key, the problem is recorded (with the key's path and
+/// position), the key is removed (its default applies) or, when it is required, replaced by a
+/// placeholder, and deserializing starts again, until it succeeds. Returns the config so
+/// repaired (for the semantic checks; `None` when the file is not TOML at all or cannot be
+/// repaired) and the problems, in the order found.
+pub(super) fn parse(text: &str) -> (Option<Config>, Vec<Problem>) {
+    let mut doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => return (None, vec![toml_problem(text, "", &e)]),
+    };
+    let mut problems: Vec<Problem> = Vec::new();
+    for _ in 0..MAX_REPAIRS {
+        let de = toml::de::Deserializer::from(doc.clone());
+        let e = match serde_path_to_error::deserialize::<_, Config>(de) {
+            Ok(config) => return (Some(config), problems),
+            Err(e) => e,
+        };
+        let path: Vec<Segment> = e.path().iter().cloned().collect();
+        let mut problem = toml_problem(text, &key_of(&path), e.inner());
+        // A missing required key: named by its own path, placed at its table's header.
+        let missing = e
+            .inner()
+            .message()
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+            .map(str::to_owned);
+        let mut at = path.clone();
+        if let Some(field) = &missing {
+            at.push(Segment::Map { key: field.clone() });
+            problem.key = key_of(&at);
+            problem.position = key_position(text, &key_of(&path));
+            problem.message = if path.is_empty() {
+                format!("the required section `[{field}]` is missing")
+            } else {
+                "this required key is missing".to_string()
+            };
+        }
+        // What can be removed is a table key: inside an array, the whole array goes.
+        let cut = at
+            .iter()
+            .position(|s| !matches!(s, Segment::Map { .. }))
+            .unwrap_or(at.len());
+        let keys: Vec<&str> = at[..cut]
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Map { key } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        let repeated = problems.iter().any(|p| p.key == problem.key);
+        problems.push(problem);
+        if repeated || !repair(&mut doc, &keys) {
+            return (None, problems);
+        }
+    }
+    (None, problems)
+}
+
+/// The dotted form of a key path, as problems name it (`tapis.base_url`,
+/// `access.permissions[0]`); empty for the whole file.
+fn key_of(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for s in path {
+        match s {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => out.push_str(if out.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    out
+}
+
+/// What stands in for a required key (one without a default) that is missing or invalid, so
+/// that parsing can go on to the file's other problems. Never part of a valid config: the key
+/// has been reported.
+fn placeholder(keys: &[&str]) -> Option<DeValue<'static>> {
+    Some(match keys {
+        ["tapis"] | ["webodm"] => DeValue::Table(DeTable::new()),
+        ["tapis" | "webodm", "base_url"] => DeValue::String("https://placeholder.invalid/".into()),
+        ["webodm", "username"] => DeValue::String("placeholder".into()),
+        _ => return None,
     })
+}
+
+/// Removes the key at `keys` from the document, or puts a placeholder there when the key is
+/// required; whether the document changed.
+fn repair(doc: &mut Spanned<DeTable<'_>>, keys: &[&str]) -> bool {
+    let Some((last, parents)) = keys.split_last() else {
+        return false;
+    };
+    let mut span = doc.span();
+    let mut table = doc.get_mut();
+    for k in parents {
+        match table.get_mut(*k).map(|v| (v.span(), v.get_mut())) {
+            Some((s, DeValue::Table(t))) => {
+                span = s;
+                table = t;
+            }
+            _ => return false,
+        }
+    }
+    match placeholder(keys) {
+        Some(value) => {
+            let key = Spanned::new(span.clone(), Cow::Owned(last.to_string()));
+            table.insert(key, Spanned::new(span, value));
+            true
+        }
+        None => table.remove(*last).is_some(),
+    }
 }
 
 fn toml_problem(text: &str, key: &str, e: &toml::de::Error) -> Problem {

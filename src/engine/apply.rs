@@ -446,7 +446,9 @@ impl Engine<'_> {
     }
 
     /// Copies one image Tapis → WebODM with retries (each attempt re-opens the download);
-    /// returns the bytes uploaded, or `None` when WebODM already held it.
+    /// returns the bytes uploaded, or `None` when WebODM already held it. With `verify` (the
+    /// task was adopted), an image WebODM holds counts as uploaded only when its size equals
+    /// the listing's; any other (or unknown) size is uploaded again, which overwrites it.
     async fn transfer(
         &self,
         key: &FlightKey,
@@ -462,15 +464,22 @@ impl Engine<'_> {
             last_modified: img.last_modified.clone(),
         };
         if verify {
-            let has = self
+            let held = self
                 .webodm
-                .has_image(project, task, &img.name)
+                .image_size(project, task, &img.name)
                 .await
                 .map_err(api(format!("checking image {}", img.name)))?;
-            if has {
-                debug!(system = %key.system, flight = %key.flight, image = %img.name, "WebODM already holds this image");
-                self.store.mark_uploaded(key, &img.name, &record).await?;
-                return Ok(None);
+            match held {
+                Some(size) if size == img.size => {
+                    debug!(system = %key.system, flight = %key.flight, image = %img.name, "WebODM already holds this image");
+                    self.store.mark_uploaded(key, &img.name, &record).await?;
+                    return Ok(None);
+                }
+                Some(size) => {
+                    info!(system = %key.system, flight = %key.flight, image = %img.name, held = size, listed = img.size,
+                          "WebODM holds another version of this image (its size differs from the listing); uploading it again");
+                }
+                None => {}
             }
         }
         let attempt = || async {

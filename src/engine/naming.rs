@@ -134,6 +134,65 @@ mod tests {
     }
 
     #[test]
+    fn tags_are_pinned_literally() {
+        // Key tags from `printf '<system>/<flight>' | sha256sum | cut -c1-16`.
+        let cases = [
+            (
+                "ptdatax.project.alpha",
+                "Vuelo Año 2",
+                [
+                    "tapis",
+                    "flight",
+                    "ptdatax.project.alpha",
+                    "Vuelo_Año_2",
+                    ".tws-6b6a9e60cc73deea",
+                ],
+            ),
+            (
+                "ptdatax.project.alpha-001",
+                "Flight001",
+                [
+                    "tapis",
+                    "flight",
+                    "ptdatax.project.alpha-001",
+                    "Flight001",
+                    ".tws-a1dbc0b4ad3a42c9",
+                ],
+            ),
+            (
+                "ptdatax.project.shared-lab",
+                "Flight001",
+                [
+                    "tapis",
+                    "flight",
+                    "ptdatax.project.shared-lab",
+                    "Flight001",
+                    ".tws-74131d79b909bbd3",
+                ],
+            ),
+        ];
+        for (system, flight, want) in cases {
+            let key = FlightKey::new(system, flight);
+            assert_eq!(tags(&key), want, "{system}/{flight}");
+            assert_eq!(task_tags(&key, 0), want, "{system}/{flight}");
+        }
+        // An update task adds `<key tag>-u<N>`; outer whitespace is not part of the flight tag
+        // (but is of the key, which hashes the folder name as listed).
+        let key = FlightKey::new("s", "  F1 ");
+        assert_eq!(
+            task_tags(&key, 2),
+            [
+                "tapis",
+                "flight",
+                "s",
+                "F1",
+                ".tws-584b766e7a5a23e4",
+                ".tws-584b766e7a5a23e4-u2"
+            ]
+        );
+    }
+
+    #[test]
     fn key_tag_is_sha256_prefix() {
         // `printf 's/f' | sha256sum | cut -c1-16`
         assert_eq!(key_tag(&FlightKey::new("s", "f")), ".tws-11c1593c6ab01204");

@@ -152,6 +152,30 @@ pub struct WebodmReport {
     pub stray_files: u64,
 }
 
+impl WebodmReport {
+    /// How WebODM differs from every expected flight synced exactly once, byte for byte
+    /// (one project and one committed task per flight, nothing else): one line per
+    /// difference; empty when there is none.
+    pub fn mismatches(&self, expected: &Expected) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut want = |what: &str, got: u64, want: u64| {
+            if got != want {
+                out.push(format!("{what}: {got}, expected {want}"));
+            }
+        };
+        want("projects", self.projects, expected.flights);
+        want("tasks", self.tasks, expected.flights);
+        want("committed tasks", self.committed_tasks, expected.flights);
+        want("images", self.images, expected.images);
+        want("bytes", self.bytes, expected.bytes);
+        want("duplicate projects", self.duplicate_projects, 0);
+        want("projects of no expected flight", self.unknown_projects, 0);
+        want("corrupt images", self.corrupt_images, 0);
+        want("missing images", self.missing_images, 0);
+        out
+    }
+}
+
 /// `GET /__sim/stats`: requests and bytes seen.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -180,6 +204,9 @@ pub struct Stats {
     pub peak_rps: PeakRps,
     /// Credentials sent to the wrong service (should stay 0).
     pub leaked_credentials: u64,
+    /// Commits answered 200, per task id. Real WebODM re-queues processing on every commit,
+    /// also of a task already committed: the daemon must commit each task once.
+    pub commits: BTreeMap<String, u64>,
     /// Faults injected, by kind: `error` (5xx before handling), `error_after` (502 after
     /// handling), `429`, `reset`, `truncate`, `revoked` (answers "Token is revoked."),
     /// `refresh` (refresh grants refused).
@@ -234,6 +261,7 @@ struct Tally {
     rps: HashMap<&'static str, Rps>,
     faults: BTreeMap<String, u64>,
     edits: BTreeMap<i64, u64>,
+    commits: BTreeMap<String, u64>,
 }
 
 /// Live counters behind [`Stats`].
@@ -287,6 +315,12 @@ impl Counters {
         *t.edits.entry(id).or_default() += 1;
     }
 
+    /// Counts a commit of `task` answered 200.
+    pub fn commit(&self, task: &str) {
+        let mut t = self.tally.lock().expect("stats lock");
+        *t.commits.entry(task.to_owned()).or_default() += 1;
+    }
+
     /// A snapshot.
     pub fn snapshot(&self) -> Stats {
         let t = self.tally.lock().expect("stats lock");
@@ -305,6 +339,7 @@ impl Counters {
                 webodm: peak("webodm"),
             },
             leaked_credentials: self.leaked_credentials.load(Ordering::Relaxed),
+            commits: t.commits.clone(),
             faults_injected: t.faults.clone(),
         }
     }

@@ -937,6 +937,10 @@ async fn upload(sh: &Shared, params: &[String], req: Request) -> Response {
         Some(false) => return bad(json!(["Task is not in partial state, cannot upload"])),
         Some(true) => {}
     }
+    // Behind gunicorn, a body without a Content-Length (chunked) reaches Django empty.
+    if !req.headers().contains_key(header::CONTENT_LENGTH) {
+        return bad(json!(["No files uploaded"]));
+    }
     let mut multipart = match Multipart::from_request(req, &()).await {
         Ok(m) => m,
         Err(_) => {
@@ -1014,7 +1018,10 @@ fn commit(sh: &Shared, params: &[String]) -> Response {
     if t.images.is_empty() {
         return bad(json!(["You need to upload at least 1 file before commit"]));
     }
+    // Like WebODM, a commit of a task no longer partial is accepted again (the real server
+    // re-queues processing): every 200 is counted per task.
     t.partial = false;
+    sh.stats.commit(&t.id);
     let task_name = t.name.clone().unwrap_or_else(|| t.id.clone());
     let outcome = match failing {
         Some(msg) => Outcome::Fail(msg),

@@ -295,6 +295,10 @@ async fn handle(State(px): State<Arc<Proxy>>, req: Request) -> Response {
         .cloned()
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let disposition = resp.headers().get("content-disposition").cloned();
+    // A HEAD answer's size is in its Content-Length alone (the body is empty): pass it on.
+    let head_length = (method == Method::HEAD)
+        .then(|| resp.headers().get("content-length").cloned())
+        .flatten();
     let mut bytes = resp.bytes().await.unwrap_or_default().to_vec();
     // Learn the target project's id from its creation (or lookup).
     if segs.first().map(String::as_str) == Some("api")
@@ -335,6 +339,9 @@ async fn handle(State(px): State<Arc<Proxy>>, req: Request) -> Response {
         .header("content-type", content_type);
     if let Some(d) = disposition {
         b = b.header("content-disposition", d);
+    }
+    if let Some(len) = head_length {
+        b = b.header("content-length", len);
     }
     b.body(Body::from(bytes)).unwrap()
 }
