@@ -160,6 +160,29 @@ fn describe(step: &Step) -> String {
         }
         Step::ReplaceVanishedTask { task } => format!("replace vanished partial task {task}"),
         Step::MarkDeleted { what } => format!("mark deleted in WebODM ({what})"),
+        Step::GrantAccess { grantees } => {
+            let who: Vec<String> = grantees.iter().map(crate::engine::access::shown).collect();
+            format!("give access to {}", who.join(", "))
+        }
+        Step::NoteAccess { waiting, unshared } => {
+            let mut notes = Vec::new();
+            if !waiting.is_empty() {
+                let names: Vec<&str> = waiting.iter().map(String::as_str).collect();
+                notes.push(format!("waiting for WebODM account: {}", names.join(", ")));
+            }
+            if !unshared.is_empty() {
+                let names: Vec<&str> = unshared.iter().map(String::as_str).collect();
+                notes.push(format!(
+                    "no longer shared on Tapis (access kept): {}",
+                    names.join(", ")
+                ));
+            }
+            if notes.is_empty() {
+                "access notes cleared".into()
+            } else {
+                notes.join("; ")
+            }
+        }
     }
 }
 
@@ -167,12 +190,13 @@ fn print_plan(report: &PassReport) {
     let plan = &report.plan;
     let (images, bytes) = plan.uploads();
     println!(
-        "Plan: {} projects, {} tasks, {} images ({}) to upload, {} commits — {} systems, {} flights on Tapis",
+        "Plan: {} projects, {} tasks, {} images ({}) to upload, {} commits, {} grants — {} systems, {} flights on Tapis",
         plan.projects(),
         plan.tasks(),
         images,
         HumanBytes(bytes),
         plan.commits(),
+        plan.grants(),
         report.summary.systems_scanned,
         report.summary.flights_discovered,
     );
@@ -212,7 +236,7 @@ fn print_errors(errors: &[String]) {
 fn print_summary(report: &PassReport) {
     let s = &report.summary;
     println!(
-        "Pass: {} systems, {} flights; created {} projects and {} tasks; uploaded {} images ({}); committed {} tasks; {} errors; {:.1} s",
+        "Pass: {} systems, {} flights; created {} projects and {} tasks; uploaded {} images ({}); committed {} tasks; {} grants; {} errors; {:.1} s",
         s.systems_scanned,
         s.flights_discovered,
         s.projects_created,
@@ -220,6 +244,7 @@ fn print_summary(report: &PassReport) {
         s.images_uploaded,
         HumanBytes(s.bytes_uploaded),
         s.tasks_committed,
+        s.grants_added,
         s.errors.len(),
         s.duration_ms as f64 / 1000.0
     );
@@ -289,15 +314,29 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
         return EXIT_OK;
     }
     println!(
-        "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} {:<20} LAST ERROR",
+        "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} {:<20} LAST ERROR / NOTES",
         "SYSTEM", "FLIGHT", "PHASE", "IMAGES", "PROJECT", "TASK", "CHECKED ON TAPIS"
     );
     for r in &rows {
-        let error = match (&r.listing_error, &r.last_error) {
-            (Some(l), _) => format!("listing failed: {l}"),
-            (None, Some(e)) => e.clone(),
-            (None, None) => String::new(),
-        };
+        let mut notes: Vec<String> = Vec::new();
+        match (&r.listing_error, &r.last_error) {
+            (Some(l), _) => notes.push(format!("listing failed: {l}")),
+            (None, Some(e)) => notes.push(e.clone()),
+            (None, None) => {}
+        }
+        if !r.access_waiting.is_empty() {
+            notes.push(format!(
+                "waiting for WebODM account: {}",
+                r.access_waiting.join(", ")
+            ));
+        }
+        if !r.unshared.is_empty() {
+            notes.push(format!(
+                "no longer shared on Tapis (access kept in WebODM): {}",
+                r.unshared.join(", ")
+            ));
+        }
+        let error = notes.join("; ");
         println!(
             "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} {:<20} {}",
             r.system_id,
@@ -527,6 +566,53 @@ pub async fn check_config(flag: Option<PathBuf>) -> u8 {
         Err(e) => {
             println!("WebODM: FAILED: {e}");
             code = EXIT_ERRORS;
+        }
+    }
+    if code == EXIT_OK {
+        code = check_access_names(&config, &clients).await;
+    }
+    code
+}
+
+/// Checks `access.groups` and `access.users` against WebODM: an unknown group is a config
+/// error (exit 78: every edit naming it would be refused); an unknown user only waits for an
+/// account (a warning).
+async fn check_access_names(config: &Config, clients: &Clients) -> u8 {
+    let access = &config.access;
+    let mut code = EXIT_OK;
+    for group in &access.groups {
+        match clients.webodm.find_groups(group).await {
+            Ok(found) if found.iter().any(|g| &g.name == group) => {
+                println!("access.groups: `{group}` exists in WebODM")
+            }
+            Ok(_) => {
+                println!(
+                    "access.groups: FAILED: WebODM has no group `{group}` (names are exact and \
+                     case-sensitive): create it in WebODM or remove it from access.groups"
+                );
+                code = EXIT_CONFIG;
+            }
+            Err(e) if e.is_not_found() => {
+                println!("access.groups: `{group}` not checked: WebODM's users API is turned off")
+            }
+            Err(e) => {
+                println!("access.groups: FAILED: looking up `{group}`: {e}");
+                code = code.max(EXIT_ERRORS);
+            }
+        }
+    }
+    for user in &access.users {
+        match clients.webodm.find_users(user).await {
+            Ok(found) if found.iter().any(|u| &u.username == user) => {}
+            Ok(_) => println!(
+                "warning: access.users: WebODM has no user `{user}` yet; they get access once \
+                 the account exists"
+            ),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                println!("access.users: FAILED: looking up `{user}`: {e}");
+                code = code.max(EXIT_ERRORS);
+            }
         }
     }
     code

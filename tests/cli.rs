@@ -422,3 +422,26 @@ async fn check_config_proves_a_pre_issued_token_with_a_real_call() {
     assert_eq!(systems, 2, "one systems listing per check");
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_fails_with_78_on_an_unknown_webodm_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, _) = sim_with_config(dir.path()).await;
+    let (cfg, _) = service_support::write_config(
+        &sim,
+        dir.path(),
+        &[],
+        "\n[access]\ngroups = [\"lab-x\", \"no-such-group\"]\n",
+    );
+    let o = run(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(o.status.code(), Some(78), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("`lab-x` exists in WebODM"), "{out}");
+    assert!(out.contains("WebODM has no group `no-such-group`"), "{out}");
+    // Known groups only: fine.
+    let (cfg, _) =
+        service_support::write_config(&sim, dir.path(), &[], "\n[access]\ngroups = [\"lab-x\"]\n");
+    let o = run(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    sim.shutdown().await;
+}

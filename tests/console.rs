@@ -366,13 +366,21 @@ async fn status_page_in_chromium_with_and_without_javascript_and_post_pass() {
     d.wait_log("pass finished", 2, Duration::from_secs(60));
     let updated = rows_until(&c, "after the pass", |r| all_committed(r, &more)).await;
     assert_rows(&updated, &more, public);
-    let passes = c
-        .execute(
-            "return document.querySelectorAll('#pass-rows tr.pass').length;",
-            vec![],
-        )
-        .await
-        .unwrap();
+    // The pass table follows from the same refresh; give a slow machine a few more ticks.
+    let mut passes = json!(0);
+    for _ in 0..50 {
+        passes = c
+            .execute(
+                "return document.querySelectorAll('#pass-rows tr.pass').length;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        if passes == json!(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(passes, json!(2));
     screenshot(&c, &dir.path().join("status-js.png")).await;
     if let Ok(path) = std::env::var("TWS_STATUS_SCREENSHOT") {

@@ -198,15 +198,21 @@ async fn hostile_names_sync_or_are_reported_and_never_leave_their_route() {
         let s: Vec<&str> = segs.iter().map(String::as_str).collect();
         let ok = match s.as_slice() {
             ["v3", "oauth2", "tokens"] | ["v3", "systems"] => true,
-            ["v3", "files", "ops", sys] => *sys == system,
+            ["v3", "files", "ops", sys] | ["v3", "systems", "share", sys] => *sys == system,
             ["v3", "files", "ops", sys, f, "code", "images"] => {
                 *sys == system && flight_shown.contains(*f)
             }
             ["v3", "files", "content", sys, f, "code", "images", img] => {
                 *sys == system && flight_shown.contains(*f) && image_shown.contains(*img)
             }
-            ["api", "token-auth", ""] | ["api", "projects", ""] => true,
-            ["api", "projects", p, "tasks", ""] => p.parse::<i64>().is_ok(),
+            ["api", "token-auth", ""]
+            | ["api", "projects", ""]
+            | ["api", "users", ""]
+            | ["api", "groups", ""] => true,
+            ["api", "projects", p, ""] => p.parse::<i64>().is_ok(),
+            ["api", "projects", p, action, ""] => {
+                p.parse::<i64>().is_ok() && ["permissions", "edit", "tasks"].contains(action)
+            }
             ["api", "projects", p, "tasks", t, action, ""] => {
                 p.parse::<i64>().is_ok() && t.len() == 36 && ["upload", "commit"].contains(action)
             }

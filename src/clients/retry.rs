@@ -25,8 +25,9 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
 }
 
 /// The retry policy of `[retry]`: exponential backoff from `initial` to `max` with full jitter
-/// (each wait drawn uniformly from zero to the exponential delay), unlimited tries within
-/// `max_elapsed`, and `Retry-After` honoured as the minimum wait.
+/// (each wait drawn uniformly from zero to the exponential delay), unlimited tries while the
+/// time since the first try (wall clock, tries included) stays within `max_elapsed`, and
+/// `Retry-After` honoured as the minimum wait.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     backoff: ExponentialBuilder,
@@ -42,7 +43,6 @@ impl RetryPolicy {
             backoff: ExponentialBuilder::new()
                 .with_min_delay(retry.initial)
                 .with_max_delay(retry.max)
-                .with_total_delay(Some(retry.max_elapsed))
                 .without_max_times(),
             max_elapsed: retry.max_elapsed,
         }
@@ -79,7 +79,11 @@ impl RetryPolicy {
         op.retry(self.backoff)
             .sleep(tokio::time::sleep)
             .when(ApiError::is_retryable)
-            .adjust(|e: &ApiError, wait| self.wait(wait, e.retry_after(), rand::random::<f64>()))
+            .adjust(|e: &ApiError, wait| {
+                let wait = self.wait(wait, e.retry_after(), rand::random::<f64>())?;
+                // The budget is wall-clock time: the next try must start within it.
+                (started.elapsed() + wait <= self.max_elapsed).then_some(wait)
+            })
             .notify(|e: &ApiError, wait| {
                 crate::metrics::retry(e.service(), e.class());
                 let elapsed = started.elapsed();

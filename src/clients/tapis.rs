@@ -31,7 +31,10 @@ const FILES_PAGE: usize = 1000;
 /// Most entries one listing may hold (a server that never ends a listing is refused).
 const MAX_ENTRIES: usize = 1_000_000;
 /// Attributes asked of each system (the default summary lacks `enabled` and `rootDir`).
-const SYSTEM_FIELDS: &str = "id,host,systemType,enabled,rootDir,owner";
+/// `isPublic` and `sharedWithUsers` make the server look up each system's share info itself
+/// (tapis-systems 1.7 `SystemResource.isShareInfoRequested`): who sees a system comes with the
+/// listing instead of one `GET /v3/systems/share/{id}` per system.
+const SYSTEM_FIELDS: &str = "id,host,systemType,enabled,rootDir,owner,isPublic,sharedWithUsers";
 
 /// A Tapis storage system, as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,10 +57,39 @@ pub struct System {
     /// Owner's username.
     #[serde(default)]
     pub owner: Option<String>,
+    /// Shared with every user of the tenant (Tapis writes it as a string, `"true"`, when
+    /// selected); `None` when the listing left it out.
+    #[serde(default, deserialize_with = "bool_or_string")]
+    pub is_public: Option<bool>,
+    /// Users the system is shared with by name; `None` when the listing left it out (then
+    /// [`TapisClient::share_info`] tells).
+    #[serde(default)]
+    pub shared_with_users: Option<Vec<String>>,
 }
 
 fn enabled_by_default() -> bool {
     true
+}
+
+/// A boolean written as JSON `true`/`false` or as the string `"true"`/`"false"`; null = none.
+fn bool_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Text(String),
+    }
+    match Option::<Flag>::deserialize(d)? {
+        None => Ok(None),
+        Some(Flag::Bool(b)) => Ok(Some(b)),
+        Some(Flag::Text(t)) => match t.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            other => Err(serde::de::Error::custom(format!(
+                "expected true or false, got {other:?}"
+            ))),
+        },
+    }
 }
 
 /// What a listed path is.

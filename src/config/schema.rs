@@ -23,7 +23,7 @@ pub struct Config {
     /// The reconcile loop.
     #[serde(default)]
     pub sync: SyncConfig,
-    /// Who sees each project (later work; accepted now).
+    /// Who sees each project besides the daemon's own account.
     #[serde(default)]
     pub access: AccessConfig,
     /// Processing outcome (later work; accepted now).
@@ -378,7 +378,37 @@ pub enum Permission {
     Delete,
 }
 
-/// `[access]`: who sees each project besides the daemon's account (later work).
+impl Permission {
+    /// The name WebODM uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::View => "view",
+            Permission::Add => "add",
+            Permission::Change => "change",
+            Permission::Delete => "delete",
+        }
+    }
+}
+
+impl AccessConfig {
+    /// The configured permissions as WebODM names, `view` always among them (WebODM needs it
+    /// for the others to mean anything).
+    pub fn permission_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .permissions
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect();
+        if !names.iter().any(|n| n == "view") {
+            names.push("view".into());
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// `[access]`: who sees each project besides the daemon's account.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessConfig {

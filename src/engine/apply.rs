@@ -18,12 +18,12 @@ use crate::clients::tapis::TapisClient;
 use crate::clients::webodm::{NewProject, NewTask, Project, Task, WebodmClient};
 use crate::config::Config;
 use crate::engine::discover::Image;
-use crate::engine::naming;
 use crate::engine::plan::{FlightPlan, Step};
 use crate::engine::state::{
     now_ms, FlightKey, FlightRecord, IntentKind, Phase, StateError, Store, UploadedImage,
 };
 use crate::engine::summary::{CreatedProject, PassSummary};
+use crate::engine::{access, naming};
 
 /// Why one step of a flight failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +108,7 @@ pub struct FlightOutcome {
     images_uploaded: u64,
     bytes_uploaded: u64,
     committed: bool,
+    grants_added: usize,
     error: Option<String>,
 }
 
@@ -120,6 +121,7 @@ impl PassSummary {
         self.images_uploaded += o.images_uploaded;
         self.bytes_uploaded += o.bytes_uploaded;
         self.tasks_committed += o.committed as usize;
+        self.grants_added += o.grants_added;
         self.errors.extend(o.error);
     }
 }
@@ -263,8 +265,54 @@ impl Engine<'_> {
                       "images changed on Tapis after the task was committed; WebODM keeps the committed set");
                 rec.change_warned = true;
             }
+            Step::GrantAccess { grantees } => {
+                out.grants_added += self.grant_access(rec, grantees).await?;
+            }
+            Step::NoteAccess { waiting, unshared } => {
+                let key = &rec.key;
+                for user in unshared.difference(&rec.unshared) {
+                    warn!(system = %key.system, flight = %key.flight, user = %user,
+                          "no longer listed on Tapis for this flight's system; their access in WebODM is kept (remove it there if they should lose it)");
+                }
+                for user in waiting.difference(&rec.access_waiting) {
+                    info!(system = %key.system, flight = %key.flight, user = %user,
+                          "should see the project but has no WebODM account yet; access follows once the account exists");
+                }
+                rec.access_waiting = waiting.clone();
+                rec.unshared = unshared.clone();
+            }
         }
         Ok(())
+    }
+
+    /// Gives `grantees` access to the flight's project (see [`access::grant`]) and records who
+    /// holds it now; returns how many entries were added in WebODM.
+    async fn grant_access(
+        &self,
+        rec: &mut FlightRecord,
+        grantees: &std::collections::BTreeSet<crate::clients::webodm::Grantee>,
+    ) -> Result<usize, StepError> {
+        let project = rec.project_id.expect("GrantAccess follows EnsureProject");
+        let permissions = self.config.access.permission_names();
+        let granted = self
+            .policy
+            .run(&format!("{}: access", rec.key), || {
+                access::grant(self.webodm, project, grantees, &permissions)
+            })
+            .await
+            .map_err(api_or_deleted(
+                "giving access to the project",
+                format!("project {project}"),
+            ))?;
+        if granted.added > 0 {
+            let who: Vec<String> = granted.present.iter().map(access::shown).collect();
+            info!(system = %rec.key.system, flight = %rec.key.flight, project, added = granted.added,
+                  shared_with = %who.join(", "), "gave access to the project");
+        }
+        rec.granted.extend(granted.present);
+        rec.access_waiting.extend(granted.unknown_users);
+        self.store.put_flight(rec).await?;
+        Ok(granted.added)
     }
 
     /// Finds the flight's project (exact name + key tag) or creates it. Every attempt looks up

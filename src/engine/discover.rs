@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::clients::http::ApiError;
 use crate::clients::tapis::{FileKind, System, TapisClient};
 use crate::config::{LayoutConfig, Shard, TapisConfig};
+use crate::engine::access::{Access, Resolver};
 use crate::engine::state::{Fingerprint, FlightKey};
 
 /// Longest file name WebODM stores unchanged (characters), and the longest a Linux file system
@@ -202,6 +203,14 @@ pub enum Found {
         /// Why, naming the system and flight.
         error: String,
     },
+    /// Who should see the projects of a system's flights (sent before any of its flights when
+    /// access is resolved), or why that could not be read.
+    Access {
+        /// The system.
+        system: String,
+        /// Who, or the error naming the system.
+        access: Result<Access, String>,
+    },
     /// A folder refused for its name.
     Refused {
         /// The folder.
@@ -277,8 +286,10 @@ pub type Scanned = (Found, Option<OwnedSemaphorePermit>);
 
 /// Lists the roots of `systems` and then each candidate folder, sending what was found into
 /// `out` as each listing comes in (at most `scope.concurrency` root and folder listings at
-/// once). Folders in [`Scope::settled`] are not listed. Returns when everything is listed, or
-/// early once `stop` is set or `out` is closed (nothing new is listed then).
+/// once). Folders in [`Scope::settled`] are not listed. With `access`, a system whose root
+/// holds folders also gets a [`Found::Access`], sent before any of its flights. Returns when
+/// everything is listed, or early once `stop` is set or `out` is closed (nothing new is listed
+/// then).
 ///
 /// Every listing under way is always driven to its end (sends never wait), so none sits
 /// half-done holding a Tapis connection while the receiver is busy. With `slots`, a folder is
@@ -289,9 +300,11 @@ pub async fn scan(
     scope: &Scope,
     systems: Vec<System>,
     slots: Option<Arc<Semaphore>>,
+    access: Option<&Resolver<'_>>,
     stop: &AtomicBool,
     out: mpsc::UnboundedSender<Scanned>,
 ) {
+    let out = &out;
     let halted = || stop.load(Ordering::SeqCst) || out.is_closed();
     let (work_tx, mut work_rx) = mpsc::unbounded_channel::<Work>();
     // The sender lives in the stream's closure: dropped when every root is listed, which ends
@@ -304,6 +317,19 @@ pub async fn scan(
                     return;
                 }
                 let root = tapis.list_dir(&s.id, "").await;
+                let has_folders = root
+                    .as_ref()
+                    .is_ok_and(|entries| entries.iter().any(|e| e.kind == FileKind::Dir));
+                if let (true, Some(resolver)) = (has_folders, access) {
+                    let access = resolver.system(&s).await;
+                    let _ = out.send((
+                        Found::Access {
+                            system: s.id.clone(),
+                            access,
+                        },
+                        None,
+                    ));
+                }
                 for w in root_work(scope, s.id, root) {
                     let _ = work_tx.send(w);
                 }
@@ -314,7 +340,6 @@ pub async fn scan(
     let folders = stream::poll_fn(|cx| work_rx.poll_recv(cx))
         .map(|work| {
             let slots = slots.clone();
-            let out = &out;
             async move {
                 let item = match work {
                     Work::Done(found) => (found, None),
@@ -420,7 +445,7 @@ pub async fn discover(tapis: &TapisClient, scope: &Scope) -> Result<Desired, Api
     let mut flights = BTreeMap::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let never = AtomicBool::new(false);
-    let scanning = scan(tapis, scope, systems, None, &never, tx);
+    let scanning = scan(tapis, scope, systems, None, None, &never, tx);
     let mut collected = Vec::new();
     let collecting = async {
         while let Some((f, _)) = rx.recv().await {
@@ -449,7 +474,7 @@ pub async fn discover(tapis: &TapisClient, scope: &Scope) -> Result<Desired, Api
             Found::Settled(key) => {
                 flights.insert(key.clone(), Flight::unlisted(key, &scope.images_dir));
             }
-            Found::NotAFlight(_) => {}
+            Found::NotAFlight(_) | Found::Access { .. } => {}
             Found::ListingFailed { key, error } => {
                 desired.errors.push(error);
                 desired.unknown.insert(key);

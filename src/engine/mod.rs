@@ -1,6 +1,7 @@
 //! The controller: discover the desired state, plan against the observed state, apply the
 //! difference, record it in the store.
 
+pub mod access;
 pub mod apply;
 pub mod discover;
 pub mod naming;

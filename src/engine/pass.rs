@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::clients::webodm::WebodmClient;
 use crate::clients::{Clients, RetryPolicy};
 use crate::config::Config;
+use crate::engine::access::{Access, Resolver};
 use crate::engine::apply::Engine;
 use crate::engine::discover::{self, Flight, Found, Scope};
 use crate::engine::plan::{
@@ -102,6 +103,8 @@ struct Planning<'a> {
     flights: usize,
     errors: Vec<String>,
     plan: Plan,
+    /// Who should see each system's projects, as resolved this pass.
+    access: BTreeMap<String, Access>,
 }
 
 impl Planning<'_> {
@@ -126,6 +129,15 @@ impl Planning<'_> {
             }
             Found::Refused { error, .. } => {
                 self.errors.push(error);
+                None
+            }
+            Found::Access { system, access } => {
+                match access {
+                    Ok(a) => {
+                        self.access.insert(system, a);
+                    }
+                    Err(e) => self.errors.push(e),
+                }
                 None
             }
             Found::ListingFailed { key, error } => {
@@ -169,7 +181,10 @@ impl Planning<'_> {
             },
             _ => None,
         };
-        let planned = self.planner.flight(flight, listed, rec, uploaded.as_ref());
+        let access = self.access.get(&key.system);
+        let planned = self
+            .planner
+            .flight(flight, listed, rec, uploaded.as_ref(), access);
         self.plan.waiting.extend(planned.waiting);
         let Some(fp) = planned.plan else {
             if let (true, Some(rec)) = (listed, rec) {
@@ -321,6 +336,7 @@ pub async fn pass(
         flights: 0,
         errors: Vec::new(),
         plan: Plan::default(),
+        access: BTreeMap::new(),
     };
     let engine = match (dry_run, store) {
         (false, Some(store)) => Some(Engine {
@@ -342,7 +358,23 @@ pub async fn pass(
         config.webodm.max_concurrent_uploads + scope.concurrency,
     ));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let scanning = discover::scan(&clients.tapis, &scope, systems, Some(slots), &stopping, tx);
+    let resolver = Resolver::new(
+        &config.access,
+        &clients.tapis,
+        &clients.webodm,
+        &config.tapis.username,
+        &config.webodm.username,
+    );
+    let access = resolver.enabled().then_some(&resolver);
+    let scanning = discover::scan(
+        &clients.tapis,
+        &scope,
+        systems,
+        Some(slots),
+        access,
+        &stopping,
+        tx,
+    );
     // Stopping: no new listing is taken (and so no new flight started); flights under way
     // finish the images in flight (see `Engine::reconcile`).
     let mut cut_short = false;
@@ -426,6 +458,7 @@ fn finish(
         images_uploaded = summary.images_uploaded,
         bytes_uploaded = summary.bytes_uploaded,
         tasks_committed = summary.tasks_committed,
+        grants_added = summary.grants_added,
         errors = summary.errors.len(),
         duration_ms = summary.duration_ms,
         tapis_requests = summary.tapis_requests,

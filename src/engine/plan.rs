@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::clients::webodm::Grantee;
 use crate::config::{OnChange, RetryConfig};
+use crate::engine::access::Access;
 use crate::engine::discover::{Desired, Flight, Image};
 use crate::engine::state::{Fingerprint, FlightKey, FlightRecord, Phase, UploadedImage};
 
@@ -37,6 +39,8 @@ pub struct Observed {
     /// What WebODM holds now (`None` when it could not be listed; drift is then not checked
     /// this pass).
     pub webodm: Option<WebodmView>,
+    /// Who should see the projects, per system (no entry: no grant this pass).
+    pub access: BTreeMap<String, Access>,
 }
 
 /// One thing to do for a flight, in order.
@@ -81,6 +85,25 @@ pub enum Step {
         /// What was deleted.
         what: String,
     },
+    /// Give these WebODM users and groups access to the project (an entry with
+    /// `access.permissions` for each that has none; nothing else changes).
+    GrantAccess {
+        /// Who, as shown (`alice`, `group lab-x`).
+        #[serde(serialize_with = "shown_grantees")]
+        grantees: BTreeSet<Grantee>,
+    },
+    /// Record who waits for a WebODM account and who Tapis no longer lists (shown in `status`;
+    /// nothing changes in WebODM).
+    NoteAccess {
+        /// WebODM usernames without an account yet.
+        waiting: BTreeSet<String>,
+        /// Users granted earlier whom Tapis no longer lists (their access is kept).
+        unshared: BTreeSet<String>,
+    },
+}
+
+fn shown_grantees<S: serde::Serializer>(g: &BTreeSet<Grantee>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(g.iter().map(crate::engine::access::shown))
 }
 
 /// Everything to do for one flight this pass.
@@ -165,10 +188,23 @@ impl Plan {
     pub fn commits(&self) -> usize {
         self.count(|s| matches!(s, Step::Commit))
     }
+    /// Grants this plan makes (grantees over all flights).
+    pub fn grants(&self) -> usize {
+        self.steps()
+            .map(|s| match s {
+                Step::GrantAccess { grantees } => grantees.len(),
+                _ => 0,
+            })
+            .sum()
+    }
     /// Whether the plan changes anything in WebODM.
     pub fn is_noop(&self) -> bool {
-        self.steps()
-            .all(|s| matches!(s, Step::WarnChangedAfterCommit | Step::MarkDeleted { .. }))
+        self.steps().all(|s| {
+            matches!(
+                s,
+                Step::WarnChangedAfterCommit | Step::MarkDeleted { .. } | Step::NoteAccess { .. }
+            )
+        })
     }
     /// Adds one flight's outcome.
     pub fn add(&mut self, planned: Planned) {
@@ -222,6 +258,7 @@ impl<'a> Planner<'a> {
         listed: bool,
         rec: Option<&FlightRecord>,
         uploaded: Option<&BTreeMap<String, UploadedImage>>,
+        access: Option<&Access>,
     ) -> Planned {
         let settings = self.settings;
         let now_ms = self.now_ms;
@@ -269,12 +306,16 @@ impl<'a> Planner<'a> {
             }
             None => {}
         }
+        // Whether the flight has (or gets in this plan) a project that can be shared.
+        let mut shareable = true;
         match rec {
             Some(r) if r.phase == Phase::DeletedInWebodm => {
+                shareable = false;
                 out.waiting =
                     wait("deleted in WebODM by a person; run `forget` to sync it again".into());
             }
             Some(r) if r.next_attempt_ms.is_some_and(|t| t > now_ms) => {
+                shareable = false;
                 out.waiting = wait(format!(
                     "retrying after {} (last error: {})",
                     crate::engine::state::rfc3339(r.next_attempt_ms.unwrap_or(0)),
@@ -331,11 +372,53 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        if let (true, Some(access)) = (shareable, access) {
+            steps.extend(access_steps(rec, access));
+        }
         if !steps.is_empty() || (listed && listing_changed) {
             out.plan = Some(make(flight, steps));
         }
         out
     }
+}
+
+/// What sharing a flight's project needs this pass: a grant for whoever should see it and was
+/// not granted yet, and a note when who waits for an account or who Tapis stopped listing
+/// changed.
+fn access_steps(rec: Option<&FlightRecord>, access: &Access) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let granted = rec.map(|r| &r.granted);
+    let unshared: BTreeSet<String> = granted
+        .into_iter()
+        .flatten()
+        .filter_map(|g| match g {
+            Grantee::User(u) if !access.grantees.contains(g) && !access.waiting.contains(u) => {
+                Some(u.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let (was_waiting, was_unshared) = match rec {
+        Some(r) => (&r.access_waiting, &r.unshared),
+        None => (&BTreeSet::new(), &BTreeSet::new()),
+    };
+    // Noted first: a grant that finds more users without an account adds them after.
+    if &access.waiting != was_waiting || &unshared != was_unshared {
+        steps.push(Step::NoteAccess {
+            waiting: access.waiting.clone(),
+            unshared,
+        });
+    }
+    let grantees: BTreeSet<Grantee> = access
+        .grantees
+        .iter()
+        .filter(|g| !granted.is_some_and(|done| done.contains(g)))
+        .cloned()
+        .collect();
+    if !grantees.is_empty() {
+        steps.push(Step::GrantAccess { grantees });
+    }
+    steps
 }
 
 /// Computes the plan of one pass from a whole listing (for tests and benchmarks; a pass plans
@@ -350,6 +433,7 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
             true,
             observed.records.get(key),
             observed.uploaded.get(key),
+            observed.access.get(&key.system),
         ));
     }
     let listed: BTreeSet<&FlightKey> = desired.flights.iter().map(|f| &f.key).collect();
@@ -712,6 +796,128 @@ mod tests {
         let p = plan(&desired(vec![f]), &obs, 0, &settings(0));
         assert!(p.flights.is_empty());
         assert!(p.waiting[0].reason.contains("forget"));
+    }
+
+    #[test]
+    fn rechecks_are_spread_over_the_period_and_never_all_at_once() {
+        let period = Duration::from_secs(6 * 3600);
+        let interval: i64 = 5 * 60 * 1000;
+        let committed_at: i64 = 1_700_000_000_000;
+        let mut recs: Vec<FlightRecord> = (0..2000)
+            .map(|i| {
+                let f = flight("s", &format!("F{i}"), &[("a.jpg", 1)]);
+                let mut r = record(&f, Phase::Committed, 0);
+                r.committed_listing = Some(r.listing);
+                r.last_checked_ms = Some(committed_at);
+                r
+            })
+            .collect();
+        // Passes every 5 minutes for one period: each lists about interval / period of them,
+        // and every flight is listed exactly once.
+        let passes = (period.as_millis() as i64) / interval;
+        let mut per_pass = Vec::new();
+        for p in 1..=passes {
+            let now = committed_at + p * interval;
+            let mut n = 0;
+            for r in &mut recs {
+                if recheck_due(r, now, period, OnChange::Warn) {
+                    assert!(next_recheck(&r.key, r.last_checked_ms.unwrap(), period) <= now);
+                    r.last_checked_ms = Some(now);
+                    n += 1;
+                }
+            }
+            per_pass.push(n);
+        }
+        assert_eq!(per_pass.iter().sum::<usize>(), 2000, "each once per period");
+        let expected = 2000 / passes as usize; // ≈ 27
+        assert!(
+            per_pass.iter().all(|&n| n <= 3 * expected),
+            "never a burst: {per_pass:?}"
+        );
+        // Not due for the uncommitted, the never-checked, the changed, the vanished.
+        let f = flight("s", "G", &[("a.jpg", 1)]);
+        let mut r = record(&f, Phase::Uploading, 0);
+        r.last_checked_ms = Some(committed_at);
+        assert!(recheck_due(&r, committed_at + 1, period, OnChange::Warn));
+        r.phase = Phase::Committed;
+        r.committed_listing = Some(r.listing);
+        assert!(
+            !recheck_due(&r, committed_at + 1, period, OnChange::Warn) || {
+                next_recheck(&r.key, committed_at, period) <= committed_at + 1
+            }
+        );
+        r.vanished_ms = Some(1);
+        assert!(recheck_due(&r, committed_at + 1, period, OnChange::Warn));
+        r.vanished_ms = None;
+        r.committed_listing = Some(Fingerprint::default());
+        assert!(recheck_due(&r, committed_at + 1, period, OnChange::NewTask));
+        assert!(recheck_due(
+            &r,
+            committed_at + 1,
+            Duration::ZERO,
+            OnChange::Warn
+        ));
+        r.last_checked_ms = None;
+        r.committed_listing = Some(r.listing);
+        assert!(recheck_due(&r, committed_at + 1, period, OnChange::Warn));
+    }
+
+    #[test]
+    fn grants_cover_who_is_missing_and_notes_who_waits() {
+        use crate::clients::webodm::Grantee;
+        let f = flight("s", "F1", &[("a.jpg", 1)]);
+        let mut rec = record(&f, Phase::Committed, 0);
+        rec.committed_listing = Some(rec.listing);
+        rec.granted = [Grantee::User("alice".into()), Grantee::User("old".into())].into();
+        let access = Access {
+            grantees: [
+                Grantee::User("alice".into()),
+                Grantee::User("bob".into()),
+                Grantee::Group("lab-x".into()),
+            ]
+            .into(),
+            waiting: ["carol".to_string()].into(),
+        };
+        let mut obs = Observed::default();
+        obs.records.insert(f.key.clone(), rec.clone());
+        obs.access.insert("s".into(), access.clone());
+        let d = desired(vec![f.clone()]);
+        let p = plan(&d, &obs, 10, &settings(0));
+        assert_eq!(
+            p.flights[0].steps,
+            vec![
+                Step::NoteAccess {
+                    waiting: ["carol".to_string()].into(),
+                    unshared: ["old".to_string()].into(),
+                },
+                Step::GrantAccess {
+                    grantees: [Grantee::User("bob".into()), Grantee::Group("lab-x".into())].into()
+                },
+            ]
+        );
+        assert_eq!(p.grants(), 2);
+        assert!(!p.is_noop());
+        // Once granted and noted: nothing at all.
+        rec.granted.insert(Grantee::User("bob".into()));
+        rec.granted.insert(Grantee::Group("lab-x".into()));
+        rec.access_waiting = ["carol".to_string()].into();
+        rec.unshared = ["old".to_string()].into();
+        obs.records.insert(f.key.clone(), rec.clone());
+        assert!(plan(&d, &obs, 10, &settings(0)).flights.is_empty());
+        // No access resolved for the system (its share list could not be read): no grant.
+        obs.access.clear();
+        rec.granted.clear();
+        obs.records.insert(f.key.clone(), rec);
+        assert!(plan(&d, &obs, 10, &settings(0)).flights.is_empty());
+        // A new flight is granted after its project is created, in the same plan.
+        obs.access.insert("s".into(), access);
+        obs.records.clear();
+        let p = plan(&d, &obs, 10, &settings(0));
+        let steps = &p.flights[0].steps;
+        assert!(matches!(steps[0], Step::EnsureProject { .. }));
+        assert!(
+            matches!(steps.last(), Some(Step::GrantAccess { grantees }) if grantees.len() == 3)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! One process owns a state dir at a time: [`Store::open`] takes an exclusive lock on
 //! `<state_dir>/lock` and names the holder's pid when it is taken.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::clients::webodm::Grantee;
 
 /// Version of the record layout; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -235,6 +237,16 @@ pub struct FlightRecord {
     /// next listing that succeeds. The flight is left as it was meanwhile.
     #[serde(default)]
     pub listing_error: Option<String>,
+    /// WebODM users and groups the daemon gave access to the project, or found already holding
+    /// it; never granted again (a person's later change in WebODM stands).
+    #[serde(default)]
+    pub granted: BTreeSet<Grantee>,
+    /// WebODM usernames that should see the project but have no account yet.
+    #[serde(default)]
+    pub access_waiting: BTreeSet<String>,
+    /// Users granted earlier whom Tapis no longer lists: their access is kept (a person decides).
+    #[serde(default)]
+    pub unshared: BTreeSet<String>,
 }
 
 impl FlightRecord {
@@ -262,6 +274,9 @@ impl FlightRecord {
             error_since_ms: None,
             last_checked_ms: None,
             listing_error: None,
+            granted: BTreeSet::new(),
+            access_waiting: BTreeSet::new(),
+            unshared: BTreeSet::new(),
         }
     }
 

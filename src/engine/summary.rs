@@ -39,6 +39,9 @@ pub struct PassSummary {
     pub bytes_uploaded: u64,
     /// Tasks committed for processing.
     pub tasks_committed: usize,
+    /// Permissions added in WebODM (one per user or group given access to a project).
+    #[serde(default)]
+    pub grants_added: usize,
     /// Wall time of the pass.
     pub duration_ms: u64,
     /// HTTP requests sent to Tapis (retries and logins included).

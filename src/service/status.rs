@@ -51,6 +51,12 @@ pub struct StatusRow {
     /// WebODM users and groups the project is shared with.
     #[serde(default)]
     pub shared_with: Vec<String>,
+    /// WebODM usernames that should see the project but have no account yet.
+    #[serde(default)]
+    pub access_waiting: Vec<String>,
+    /// Users granted earlier whom Tapis no longer lists (their access is kept).
+    #[serde(default)]
+    pub unshared: Vec<String>,
 }
 
 impl StatusRow {
@@ -81,7 +87,9 @@ impl StatusRow {
                 .as_ref()
                 .and(r.error_since_ms)
                 .map(crate::engine::state::rfc3339),
-            shared_with: Vec::new(),
+            shared_with: r.granted.iter().map(crate::engine::access::shown).collect(),
+            access_waiting: r.access_waiting.iter().cloned().collect(),
+            unshared: r.unshared.iter().cloned().collect(),
         }
     }
 

@@ -77,6 +77,13 @@ pub struct Faults {
     /// Share of tasks whose first processing attempt FAILS (a later commit or restart
     /// completes), decided by the seed, the project name and the task name.
     pub fail_processing_rate: f64,
+    /// API paths (as sent, percent-encoded) that are sick: every request whose path starts
+    /// with one of these answers 502 with the proxy's HTML page, like a storage system in
+    /// maintenance behind the gateway.
+    pub broken_paths: Vec<String>,
+    /// The systems listing leaves out `isPublic` and `sharedWithUsers` even when selected, as
+    /// a Tapis older than tapis-systems 1.3 would: clients must ask `GET /v3/systems/share/{id}`.
+    pub listing_without_shares: bool,
 }
 
 impl Default for Faults {
@@ -97,6 +104,8 @@ impl Default for Faults {
             refresh_fails: false,
             process_ms: 1500,
             fail_processing_rate: 0.0,
+            broken_paths: Vec::new(),
+            listing_without_shares: false,
         }
     }
 }

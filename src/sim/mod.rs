@@ -503,6 +503,19 @@ async fn handle(
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
+    if service != Service::Other && faults.broken_paths.iter().any(|p| path.starts_with(p)) {
+        sh.stats.fault("broken_path");
+        let resp = fault_error(service, StatusCode::BAD_GATEWAY);
+        let route = match service {
+            Service::Tapis => tapis::template(&path),
+            _ => webodm::template(&path),
+        };
+        sh.stats.answered(
+            format!("{method} {}", route.unwrap_or("<unknown>")),
+            resp.status().as_str().to_owned(),
+        );
+        return resp;
+    }
     let template = match service {
         Service::Tapis => tapis::template(&path),
         Service::Webodm => webodm::template(&path),

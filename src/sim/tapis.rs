@@ -369,6 +369,7 @@ fn system_json(s: &SimSystem) -> Map<String, Value> {
         "tags": [],
         "notes": {},
         "isPublic": s.public,
+        "sharedWithUsers": s.shares(),
         "isDynamicEffectiveUser": false,
         "deleted": false,
         "created": "2024-04-01T12:00:00.000000Z",
@@ -598,6 +599,7 @@ fn list_systems(sh: &Shared, user: &str, q: &[(String, String)]) -> Response {
         limit as usize
     };
     let select = param(q, "select").unwrap_or("summaryAttributes");
+    let without_shares = sh.faults.get().listing_without_shares;
     let wanted: Option<Vec<&str>> = if select.split(',').any(|s| s.trim() == "allAttributes") {
         None
     } else {
@@ -622,9 +624,18 @@ fn list_systems(sh: &Shared, user: &str, q: &[(String, String)]) -> Response {
         .map(|r| {
             Value::Object(match &wanted {
                 None => r,
+                // A selected attribute is written one by one (tapis-systems'
+                // `TapisSystemDTO.addJsonAttribute`): `isPublic` as a string.
                 Some(w) => r
                     .into_iter()
                     .filter(|(k, _)| w.contains(&k.as_str()))
+                    .filter(|(k, _)| {
+                        !(without_shares && matches!(k.as_str(), "isPublic" | "sharedWithUsers"))
+                    })
+                    .map(|(k, v)| match (k.as_str(), v) {
+                        ("isPublic", Value::Bool(b)) => (k, Value::String(b.to_string())),
+                        (_, v) => (k, v),
+                    })
                     .collect(),
             })
         })

@@ -413,10 +413,7 @@ fn render_row(h: &mut String, r: &StatusRow, view: &View) {
         e(link.as_str()),
         e(&label)
     ));
-    h.push_str(&format!(
-        "<td class=\"shared\">{}</td>",
-        e(&r.shared_with.join(", "))
-    ));
+    h.push_str(&format!("<td class=\"shared\">{}</td>", e(&shared_text(r))));
     h.push_str("<td class=\"error\">");
     if let Some(err) = &r.listing_error {
         h.push_str(&format!(
@@ -442,6 +439,19 @@ fn render_row(h: &mut String, r: &StatusRow, view: &View) {
     h.push_str("</td></tr>");
 }
 
+/// Who a flight's project is shared with, and who waits for a WebODM account.
+fn shared_text(r: &StatusRow) -> String {
+    let mut text = r.shared_with.join(", ");
+    if !r.access_waiting.is_empty() {
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        text.push_str("waiting for WebODM account: ");
+        text.push_str(&r.access_waiting.join(", "));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,6 +470,8 @@ mod tests {
             next_attempt_at: None,
             error_since: None,
             shared_with: vec![],
+            access_waiting: vec![],
+            unshared: vec![],
             listing_error: None,
             last_checked_at: None,
         }

@@ -139,6 +139,14 @@
     fSystem.value = chosen;
   }
 
+  function sharedText(r) {
+    let text = (r.shared_with || []).join(", ");
+    if ((r.access_waiting || []).length) {
+      text += (text ? "; " : "") + "waiting for WebODM account: " + r.access_waiting.join(", ");
+    }
+    return text;
+  }
+
   function renderRow(r) {
     const tr = el("tr", "flight rank-" + rank(r));
     tr.dataset.phase = r.phase;
@@ -167,7 +175,7 @@
       if (r.next_attempt_at) err.append(el("span", "when", "next attempt " + when(r.next_attempt_at)));
     }
     tr.append(el("td", "system", r.system_id), el("td", "flight-name", r.flight_name), phase, images,
-      link, el("td", "shared", (r.shared_with || []).join(", ")), err);
+      link, el("td", "shared", sharedText(r)), err);
     return tr;
   }
 
