@@ -1,8 +1,9 @@
 //! What the Tapis and WebODM clients share: the per-service HTTP plumbing (user agent,
 //! timeouts, the two lanes — metadata requests under a rate limit and a concurrency cap,
 //! transfers under a concurrency cap of their own and an optional byte-rate cap — and their
-//! counters), JSON decoding that explains a bad answer, token caching, and byte streams. Errors and their classes are in
-//! [`super::error`], the retry policy in [`super::retry`].
+//! counters), JSON decoding that explains a bad answer, token caching, and byte streams.
+//! Errors and their classes are in [`super::error`], the retry policy in [`super::retry`],
+//! the byte-rate cap in `bandwidth.rs`.
 //!
 //! Nothing here knows about flights; nothing here ever prints a token or a password: request
 //! URLs are shown by path only (no query string), response bodies are cut to a short snippet
