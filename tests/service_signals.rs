@@ -2,8 +2,9 @@
 //! a second signal, SIGHUP with a valid and an invalid config, SIGUSR1, and the sd_notify
 //! messages on a test NOTIFY_SOCKET.
 //!
-//! The daemon's WebODM side is throttled (`requests_per_second = 4`, one upload at a time) so
-//! a pass over a dozen images takes a few seconds and a signal lands mid-upload.
+//! The daemon's uploads are throttled (`bwlimit` of 600 kB/s, one image per request, one at a
+//! time: about four 150 kB images a second) so a pass over a dozen images takes a few seconds
+//! and a signal lands mid-upload.
 
 mod service_support;
 
@@ -12,7 +13,8 @@ use std::time::Duration;
 use service_support::*;
 
 const SLOW: &[(&str, &str)] = &[
-    ("webodm", "requests_per_second = 4"),
+    ("webodm", "bwlimit = \"600kB\""),
+    ("webodm", "upload_batch_files = 1"),
     ("webodm", "max_concurrent_uploads = 1"),
     ("sync", "interval = \"1h\""),
 ];

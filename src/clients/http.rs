@@ -1,7 +1,9 @@
 //! What the Tapis and WebODM clients share: the per-service HTTP plumbing (user agent,
-//! timeouts, rate limit, concurrency cap, request counter), JSON decoding that explains a bad
-//! answer, token caching, and byte streams. Errors and their classes are in
-//! [`super::error`], the retry policy in [`super::retry`].
+//! timeouts, the two lanes — metadata requests under a rate limit and a concurrency cap,
+//! transfers under a concurrency cap of their own and an optional byte-rate cap — and their
+//! counters), JSON decoding that explains a bad answer, token caching, and byte streams.
+//! Errors and their classes are in [`super::error`], the retry policy in [`super::retry`],
+//! the byte-rate cap in `bandwidth.rs`.
 //!
 //! Nothing here knows about flights; nothing here ever prints a token or a password: request
 //! URLs are shown by path only (no query string), response bodies are cut to a short snippet
@@ -10,7 +12,7 @@
 
 use std::error::Error as _;
 use std::future::Future;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use url::Url;
 
 use crate::config::{CaBundle, RetryConfig, Secret};
 
+use super::bandwidth::Bandwidth;
 pub use super::error::ApiError;
 use super::retry::parse_retry_after;
 pub use super::retry::RetryPolicy;
@@ -146,6 +149,8 @@ pub(crate) struct Reply {
     permit: OwnedSemaphorePermit,
     service: &'static str,
     op: String,
+    /// The service's byte-rate cap, for a transfer's body.
+    bandwidth: Option<Arc<Bandwidth>>,
 }
 
 impl Reply {
@@ -211,13 +216,18 @@ impl Reply {
         })
     }
 
-    /// The body as a stream of chunks; the concurrency slot is released when it is dropped.
+    /// The body as a stream of chunks (under the service's `bwlimit` when this was a
+    /// transfer); the concurrency slot is released when it is dropped.
     pub(crate) fn into_stream(self) -> ByteStream {
         let (service, op, permit) = (self.service, self.op, self.permit);
-        Box::pin(self.resp.bytes_stream().map(move |chunk| {
+        let body: ByteStream = Box::pin(self.resp.bytes_stream().map(move |chunk| {
             let _slot = &permit;
             chunk.map_err(|e| transport(service, &op, "reading the body", e))
-        }))
+        }));
+        match &self.bandwidth {
+            Some(cap) => cap.throttle(body),
+            None => body,
+        }
     }
 }
 
@@ -304,25 +314,70 @@ fn transport(service: &'static str, op: &str, doing: &str, e: reqwest::Error) ->
     }
 }
 
-/// One remote service: its HTTP client, politeness limits, request counter and retry policy.
+/// Which limits a request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Metadata (listings, logins, lookups, creates, commits): a request slot and a token of the
+    /// rate limiter.
+    Api,
+    /// A file's bytes (a Tapis download, a WebODM image upload): a transfer slot only, never
+    /// the rate limiter; its body moves under the service's `bwlimit`. Transfers and metadata
+    /// requests have separate slots, so a transfer waiting for a slot never holds up a listing.
+    Transfer,
+}
+
+/// A service's politeness limits (see [`Lane`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Metadata requests per second (bursts of a fifth of it).
+    pub(crate) requests_per_second: u32,
+    /// Metadata requests at once.
+    pub(crate) max_requests: usize,
+    /// Transfers at once.
+    pub(crate) max_transfers: usize,
+    /// Bytes per second of all transfers together; `None`: no cap.
+    pub(crate) bwlimit: Option<u64>,
+}
+
+/// Requests sent so far by one service, by [`Lane`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Metadata requests, each of which took a token of the rate limiter (logins and retries
+    /// included).
+    pub rate_limited: u64,
+    /// Transfers (Tapis downloads, WebODM image uploads), none of which waited for the rate
+    /// limiter.
+    pub transfers: u64,
+}
+
+impl RequestCounts {
+    /// Every request.
+    pub fn total(&self) -> u64 {
+        self.rate_limited + self.transfers
+    }
+}
+
+/// One remote service: its HTTP client, politeness limits, request counters and retry policy.
 pub(crate) struct Service {
     name: &'static str,
     base: Url,
     client: reqwest::Client,
     limiter: DefaultDirectRateLimiter,
     slots: Arc<Semaphore>,
-    requests: AtomicU64,
+    transfer_slots: Arc<Semaphore>,
+    bandwidth: Option<Arc<Bandwidth>>,
+    rate_limited: AtomicU64,
+    transfers: AtomicU64,
     policy: RetryPolicy,
 }
 
 impl Service {
-    /// Sets up a service at `base` (`http` or `https`): at most `rps` requests per second
-    /// (small bursts), at most `concurrency` at once, `timeout` of silence on a connection.
+    /// Sets up a service at `base` (`http` or `https`) with `limits`, and `timeout` of silence
+    /// on a connection.
     pub(crate) fn new(
         name: &'static str,
         base: &Url,
-        rps: u32,
-        concurrency: usize,
+        limits: Limits,
         timeout: Duration,
         retry: &RetryConfig,
         ca: &CaBundle,
@@ -336,7 +391,14 @@ impl Service {
                 "base URL `{base}` must be an http:// or https:// URL"
             )));
         }
-        let rps = NonZeroU32::new(rps).ok_or_else(|| setup("requests_per_second is 0".into()))?;
+        let rps = NonZeroU32::new(limits.requests_per_second)
+            .ok_or_else(|| setup("requests_per_second is 0".into()))?;
+        let bandwidth = match limits.bwlimit {
+            None => None,
+            Some(bytes) => Some(Bandwidth::new(
+                NonZeroU64::new(bytes).ok_or_else(|| setup("bwlimit is 0".into()))?,
+            )),
+        };
         let burst = NonZeroU32::new((rps.get() / 5).max(1)).unwrap_or(NonZeroU32::MIN);
         // rustls, verifying against the OS trust store (rustls-platform-verifier) plus the
         // service's `ca_file`; there is deliberately no way to turn verification off.
@@ -356,8 +418,11 @@ impl Service {
             base: base.clone(),
             client,
             limiter: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
-            slots: Arc::new(Semaphore::new(concurrency.max(1))),
-            requests: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(limits.max_requests.max(1))),
+            transfer_slots: Arc::new(Semaphore::new(limits.max_transfers.max(1))),
+            bandwidth,
+            rate_limited: AtomicU64::new(0),
+            transfers: AtomicU64::new(0),
             policy: RetryPolicy::new(retry),
         })
     }
@@ -387,20 +452,36 @@ impl Service {
         self.client.request(method, url)
     }
 
-    /// Sends one request: waits for a concurrency slot and the rate limiter, counts it, and
-    /// turns a non-2xx answer into [`ApiError::Status`].
+    /// Sends one metadata request ([`Lane::Api`]).
     pub(crate) async fn send(&self, req: RequestBuilder) -> Result<Reply, ApiError> {
+        self.send_on(Lane::Api, req).await
+    }
+
+    /// Sends one request on `lane`: waits for the lane's slot (and, for [`Lane::Api`], the rate
+    /// limiter), counts it, and turns a non-2xx answer into [`ApiError::Status`].
+    pub(crate) async fn send_on(&self, lane: Lane, req: RequestBuilder) -> Result<Reply, ApiError> {
         let req = req.build().map_err(|e| ApiError::Setup {
             service: self.name,
             detail: format!("cannot build a request: {}", e.without_url()),
         })?;
         let op = format!("{} {}", req.method(), req.url().path());
-        let permit = Arc::clone(&self.slots)
+        let slots = match lane {
+            Lane::Api => &self.slots,
+            Lane::Transfer => &self.transfer_slots,
+        };
+        let permit = Arc::clone(slots)
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        self.limiter.until_ready().await;
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        match lane {
+            Lane::Api => {
+                self.limiter.until_ready().await;
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+            }
+            Lane::Transfer => {
+                self.transfers.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let resp = self.client.execute(req).await;
         crate::metrics::request(self.name, resp.as_ref().ok().map(|r| r.status().as_u16()));
         let resp = resp.map_err(|e| {
@@ -413,6 +494,9 @@ impl Service {
                 permit,
                 service: self.name,
                 op,
+                bandwidth: (lane == Lane::Transfer)
+                    .then(|| self.bandwidth.clone())
+                    .flatten(),
             });
         }
         let retry_after = match status.as_u16() {
@@ -443,9 +527,21 @@ impl Service {
         self.policy.run(self.name, op).await
     }
 
-    /// HTTP requests sent so far, retries and logins included.
-    pub(crate) fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+    /// `body` under the service's `bwlimit` (unchanged when there is none): for the file
+    /// bytes a transfer sends.
+    pub(crate) fn throttle(&self, body: ByteStream) -> ByteStream {
+        match &self.bandwidth {
+            Some(cap) => cap.throttle(body),
+            None => body,
+        }
+    }
+
+    /// HTTP requests sent so far by lane, retries and logins included.
+    pub(crate) fn counts(&self) -> RequestCounts {
+        RequestCounts {
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            transfers: self.transfers.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -686,12 +782,20 @@ mod tests {
         assert!(s.next().await.is_none());
     }
 
+    fn limits(requests_per_second: u32, max_requests: usize) -> Limits {
+        Limits {
+            requests_per_second,
+            max_requests,
+            max_transfers: max_requests,
+            bwlimit: None,
+        }
+    }
+
     fn service(base: &str) -> Service {
         Service::new(
             "Tapis",
             &Url::parse(base).unwrap(),
-            10,
-            2,
+            limits(10, 2),
             Duration::from_secs(5),
             &RetryConfig::default(),
             &CaBundle::default(),
@@ -718,8 +822,7 @@ mod tests {
         assert!(Service::new(
             "WebODM",
             &Url::parse("ftp://x/").unwrap(),
-            1,
-            1,
+            limits(1, 1),
             Duration::from_secs(1),
             &RetryConfig::default(),
             &CaBundle::default(),
@@ -732,8 +835,7 @@ mod tests {
         let svc = Service::new(
             "Tapis",
             &Url::parse("http://127.0.0.1:9/").unwrap(),
-            10,
-            2,
+            limits(10, 2),
             Duration::from_secs(5),
             &RetryConfig {
                 initial: Duration::from_millis(1),

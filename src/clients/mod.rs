@@ -1,5 +1,6 @@
 //! The two REST clients and what they share: Tapis and WebODM know nothing of flights.
 
+mod bandwidth;
 pub mod error;
 pub mod http;
 pub mod retry;
@@ -7,6 +8,7 @@ pub mod tapis;
 pub mod webodm;
 
 pub use error::ApiError;
+pub use http::RequestCounts;
 pub use retry::RetryPolicy;
 
 use crate::config::Config;

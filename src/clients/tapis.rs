@@ -18,7 +18,9 @@ use reqwest::Method;
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::Mutex;
 
-use crate::clients::http::{secret_header, ApiError, CachedToken, Reply, RetryPolicy, Service};
+use crate::clients::http::{
+    secret_header, ApiError, CachedToken, Lane, Limits, Reply, RequestCounts, RetryPolicy, Service,
+};
 use crate::config::{RetryConfig, Secret, TapisAuth, TapisConfig};
 
 pub use crate::clients::http::ByteStream;
@@ -241,8 +243,10 @@ impl fmt::Debug for TapisClient {
 }
 
 impl TapisClient {
-    /// A client for the tenant at `cfg.base_url`, authenticating with `cfg.auth`, limited to
-    /// `cfg.requests_per_second` and `cfg.max_concurrent_requests`. Nothing is sent yet.
+    /// A client for the tenant at `cfg.base_url`, authenticating with `cfg.auth`: metadata
+    /// requests limited to `cfg.requests_per_second` and `cfg.max_concurrent_requests`,
+    /// downloads to `cfg.max_concurrent_downloads` open at once and `cfg.bwlimit` bytes per
+    /// second. Nothing is sent yet.
     pub fn new(cfg: &TapisConfig, retry: &RetryConfig) -> Result<Self, ApiError> {
         if matches!(cfg.auth, TapisAuth::Unresolved) {
             return Err(ApiError::Setup {
@@ -253,8 +257,12 @@ impl TapisClient {
         let svc = Service::new(
             SERVICE,
             &cfg.base_url,
-            cfg.requests_per_second,
-            cfg.max_concurrent_requests,
+            Limits {
+                requests_per_second: cfg.requests_per_second,
+                max_requests: cfg.max_concurrent_requests,
+                max_transfers: cfg.max_concurrent_downloads,
+                bwlimit: cfg.bwlimit.map(|b| b.bytes()),
+            },
             cfg.timeout,
             retry,
             &cfg.ca,
@@ -463,24 +471,44 @@ impl TapisClient {
     /// The content of a file, streamed as it arrives (one attempt, no retries: a failed
     /// download is re-opened by the caller). Tapis sends no Content-Length and may cut the body
     /// short under a 200: wrap the stream in [`crate::clients::http::verify_length`] with the listed size.
-    /// The request keeps one of the concurrency slots until the stream is dropped.
+    /// A download is a transfer: it waits for one of the `max_concurrent_downloads` slots (not
+    /// for the rate limiter, whose tokens only a login may need) and keeps it until the stream
+    /// is dropped; its bytes move under `bwlimit`.
     pub async fn download(&self, system: &str, path: &str) -> Result<ByteStream, ApiError> {
         let svc = &self.inner.svc;
         let url = svc.url(&segments(&["v3", "files", "content", system], path), false);
-        let reply = self.call(|| svc.request(Method::GET, url.clone())).await?;
+        let reply = self
+            .call_on(Lane::Transfer, || svc.request(Method::GET, url.clone()))
+            .await?;
         Ok(reply.refuse_html().await?.into_stream())
     }
 
     /// HTTP requests sent to Tapis so far, retries and logins included.
     pub fn requests(&self) -> u64 {
-        self.inner.svc.requests()
+        self.counts().total()
     }
 
-    /// Sends an authenticated request; on an expired (401) or revoked (500) token, gets a new
-    /// one and sends it once more. Any other 401 drops the token so the next call logs in.
+    /// HTTP requests sent to Tapis so far: metadata requests (under the rate limiter) and
+    /// downloads (transfers) apart.
+    pub fn counts(&self) -> RequestCounts {
+        self.inner.svc.counts()
+    }
+
+    /// Sends an authenticated metadata request (see [`TapisClient::call_on`]).
     async fn call(&self, make: impl Fn() -> reqwest::RequestBuilder) -> Result<Reply, ApiError> {
+        self.call_on(Lane::Api, make).await
+    }
+
+    /// Sends an authenticated request on `lane`; on an expired (401) or revoked (500) token,
+    /// gets a new one and sends it once more. Any other 401 drops the token so the next call
+    /// logs in.
+    async fn call_on(
+        &self,
+        lane: Lane,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<Reply, ApiError> {
         let token = self.token().await?;
-        let first = self.send_with(&make, &token).await;
+        let first = self.send_with(lane, &make, &token).await;
         let err = match first {
             Err(e) => e,
             ok => return ok,
@@ -509,18 +537,19 @@ impl TapisClient {
         );
         self.forget(&token, why == Refused::Revoked).await;
         let token = self.token().await?;
-        self.send_with(&make, &token).await
+        self.send_with(lane, &make, &token).await
     }
 
     async fn send_with(
         &self,
+        lane: Lane,
         make: &impl Fn() -> reqwest::RequestBuilder,
         token: &Secret,
     ) -> Result<Reply, ApiError> {
         let header = secret_header(SERVICE, "", token)?;
         self.inner
             .svc
-            .send(make().header("X-Tapis-Token", header))
+            .send_on(lane, make().header("X-Tapis-Token", header))
             .await
     }
 

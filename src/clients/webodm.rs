@@ -23,12 +23,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::Mutex;
 
 use crate::clients::http::{
-    secret_header, verify_length, ApiError, ByteStream, CachedToken, Reply, Service,
+    secret_header, verify_length, ApiError, ByteStream, CachedToken, Lane, Limits, Reply,
+    RequestCounts, Service,
 };
 use crate::config::{RetryConfig, Secret, TaskOption, WebodmConfig};
 
 const SERVICE: &str = "WebODM";
-/// Requests besides uploads that may run while every upload slot is busy.
+/// Metadata request slots beyond `max_concurrent_uploads` (uploads have slots of their own;
+/// this many lookups, creates and commits may run besides one per flight being synced).
 const EXTRA_SLOTS: usize = 4;
 /// Most users or groups one search returns (searches are by a whole name, so few match).
 const SEARCH_LIMIT: &str = "1000";
@@ -267,6 +269,18 @@ struct UploadReply {
     uploaded: HashMap<String, u64>,
 }
 
+/// One file of an upload request: its name, its exact length, and its body (streamed when its
+/// part of the request is sent: a body that opens its source on first poll holds nothing
+/// open before then).
+pub struct UploadPart {
+    /// The file name sent (WebODM stores the file under it, see `contracts/webodm.md`).
+    pub name: String,
+    /// Exactly the bytes `body` yields.
+    pub len: u64,
+    /// The file's bytes.
+    pub body: ByteStream,
+}
+
 /// A WebODM client. Cheap to clone: clones share one connection pool, rate limiter,
 /// concurrency cap, request counter and token.
 #[derive(Clone)]
@@ -298,15 +312,20 @@ fn token_refused(e: &ApiError) -> bool {
 }
 
 impl WebodmClient {
-    /// A client for the WebODM at `cfg.base_url` as `cfg.username`, limited to
-    /// `cfg.requests_per_second` and `cfg.max_concurrent_uploads` + 4 requests at once.
-    /// Nothing is sent yet.
+    /// A client for the WebODM at `cfg.base_url` as `cfg.username`: metadata requests limited
+    /// to `cfg.requests_per_second` and `cfg.max_concurrent_uploads` + 4 at once, uploads to
+    /// `cfg.max_concurrent_uploads` at once and `cfg.bwlimit` bytes per second. Nothing is sent
+    /// yet.
     pub fn new(cfg: &WebodmConfig, retry: &RetryConfig) -> Result<Self, ApiError> {
         let svc = Service::new(
             SERVICE,
             &cfg.base_url,
-            cfg.requests_per_second,
-            cfg.max_concurrent_uploads + EXTRA_SLOTS,
+            Limits {
+                requests_per_second: cfg.requests_per_second,
+                max_requests: cfg.max_concurrent_uploads + EXTRA_SLOTS,
+                max_transfers: cfg.max_concurrent_uploads,
+                bwlimit: cfg.bwlimit.map(|b| b.bytes()),
+            },
             cfg.timeout,
             retry,
             &cfg.ca,
@@ -418,11 +437,9 @@ impl WebodmClient {
         .await
     }
 
-    /// Uploads one whole file of `len` bytes into a partial task, streaming `body` (nothing is
-    /// buffered; the request carries a Content-Length). Returns the bytes WebODM says it
-    /// stored under `file_name`; an error when it stored the file under another name. Sent
-    /// once: on failure, re-open the source and upload the whole file again (WebODM overwrites
-    /// a file of the same name).
+    /// Uploads one whole file of `len` bytes into a partial task, streaming `body` (see
+    /// [`WebodmClient::upload_images`]). Returns the bytes WebODM says it stored under
+    /// `file_name`; an error when it stored the file under another name.
     pub async fn upload_image(
         &self,
         project: i64,
@@ -431,44 +448,16 @@ impl WebodmClient {
         body: ByteStream,
         len: u64,
     ) -> Result<u64, ApiError> {
-        let pid = project.to_string();
-        let url = self.url(&["api", "projects", &pid, "tasks", task, "upload"]);
-        let op = format!("POST {}", url.path());
-        let part = Part::stream_with_length(Body::wrap_stream(body), len)
-            .file_name(file_name.to_string())
-            .mime_str("application/octet-stream")
-            .map_err(|e| ApiError::Setup {
-                service: SERVICE,
-                detail: e.to_string(),
-            })?;
-        let form = Form::new().part("images", part);
-        let token = self.token().await?;
-        let req = self
-            .inner
-            .svc
-            .request(Method::POST, url)
-            .header(
-                reqwest::header::AUTHORIZATION,
-                secret_header(SERVICE, "JWT ", &token)?,
-            )
-            .multipart(form);
-        let reply: UploadReply = match self.inner.svc.send(req).await {
-            Ok(reply) => reply.json().await?,
-            Err(e) if token_refused(&e) => {
-                self.forget(&token).await;
-                return Err(ApiError::TokenRejected {
-                    service: SERVICE,
-                    op,
-                    status: e.status().unwrap_or(403),
-                    body: e.body().unwrap_or_default().to_string(),
-                });
-            }
-            Err(e) => return Err(e),
+        let part = UploadPart {
+            name: file_name.to_string(),
+            len,
+            body,
         };
-        match reply.uploaded.get(file_name) {
-            Some(&stored) => Ok(stored),
+        let (stored, op) = self.upload(project, task, vec![part]).await?;
+        match stored.get(file_name) {
+            Some(&bytes) => Ok(bytes),
             None => {
-                let mut names: Vec<_> = reply.uploaded.keys().map(String::as_str).collect();
+                let mut names: Vec<_> = stored.keys().map(String::as_str).collect();
                 names.sort_unstable();
                 Err(ApiError::Decode {
                     service: SERVICE,
@@ -478,6 +467,71 @@ impl WebodmClient {
                     ),
                 })
             }
+        }
+    }
+
+    /// Uploads whole files into a partial task in one request, one `images` part each, each
+    /// body streamed in turn (nothing is buffered; the request carries a Content-Length, the
+    /// sum of the parts). Returns WebODM's `uploaded` map: the bytes stored per name as WebODM
+    /// stored it, which the caller compares with each name and length it sent (a file may be
+    /// missing from it, or stored with another size).
+    ///
+    /// An upload is a transfer: it waits for one of the `max_concurrent_uploads` slots, never
+    /// for the rate limiter, and its bytes move under `bwlimit`. Sent once: a body that fails
+    /// fails the request with that body's error (e.g. a Tapis download cut short), and nothing
+    /// of it counts as stored; re-open the sources and upload again (WebODM overwrites files of
+    /// the same name). A rejected token fails with a retryable [`ApiError::TokenRejected`].
+    pub async fn upload_images(
+        &self,
+        project: i64,
+        task: &str,
+        parts: Vec<UploadPart>,
+    ) -> Result<HashMap<String, u64>, ApiError> {
+        Ok(self.upload(project, task, parts).await?.0)
+    }
+
+    /// [`WebodmClient::upload_images`], with the request (`POST /path`) for error messages.
+    async fn upload(
+        &self,
+        project: i64,
+        task: &str,
+        parts: Vec<UploadPart>,
+    ) -> Result<(HashMap<String, u64>, String), ApiError> {
+        let pid = project.to_string();
+        let url = self.url(&["api", "projects", &pid, "tasks", task, "upload"]);
+        let op = format!("POST {}", url.path());
+        let svc = &self.inner.svc;
+        let mut form = Form::new();
+        for p in parts {
+            let part = Part::stream_with_length(Body::wrap_stream(svc.throttle(p.body)), p.len)
+                .file_name(p.name)
+                .mime_str("application/octet-stream")
+                .map_err(|e| ApiError::Setup {
+                    service: SERVICE,
+                    detail: e.to_string(),
+                })?;
+            form = form.part("images", part);
+        }
+        let token = self.token().await?;
+        let req = svc
+            .request(Method::POST, url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                secret_header(SERVICE, "JWT ", &token)?,
+            )
+            .multipart(form);
+        match svc.send_on(Lane::Transfer, req).await {
+            Ok(reply) => Ok((reply.json::<UploadReply>().await?.uploaded, op)),
+            Err(e) if token_refused(&e) => {
+                self.forget(&token).await;
+                Err(ApiError::TokenRejected {
+                    service: SERVICE,
+                    op,
+                    status: e.status().unwrap_or(403),
+                    body: e.body().unwrap_or_default().to_string(),
+                })
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -641,7 +695,13 @@ impl WebodmClient {
 
     /// HTTP requests sent to WebODM so far, retries and logins included.
     pub fn requests(&self) -> u64 {
-        self.inner.svc.requests()
+        self.counts().total()
+    }
+
+    /// HTTP requests sent to WebODM so far: metadata requests (under the rate limiter) and
+    /// uploads (transfers) apart.
+    pub fn counts(&self) -> RequestCounts {
+        self.inner.svc.counts()
     }
 
     /// A route with its trailing slash.

@@ -11,12 +11,14 @@
 
 mod schema;
 mod secrets;
+mod size;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use schema::*;
 pub use secrets::Secret;
+pub use size::ByteSize;
 pub use validate::{is_loopback, ConfigError, Problem};
 
 use secrets::secret_file_warnings;
@@ -157,6 +159,30 @@ password = "pw2"
             TapisAuth::Password { client: None, .. }
         ));
         assert_eq!(c.webodm.resolved_password.expose(), "pw2");
+    }
+
+    #[test]
+    fn transfer_keys_default_and_read_human_sizes() {
+        let c = load(MIN).unwrap();
+        assert_eq!(c.tapis.max_concurrent_downloads, 8);
+        assert_eq!((c.tapis.bwlimit, c.webodm.bwlimit), (None, None));
+        assert_eq!(c.webodm.upload_batch_files, 50);
+        assert_eq!(c.webodm.upload_batch_bytes, ByteSize(32 << 20));
+        let text = MIN
+            .replace(
+                "password = \"pw\"\n",
+                "password = \"pw\"\nmax_concurrent_downloads = 3\nbwlimit = \"50MiB\"\n",
+            )
+            .replace(
+                "password = \"pw2\"\n",
+                "password = \"pw2\"\nbwlimit = 1000000\nupload_batch_files = 1\nupload_batch_bytes = \"8 MB\"\n",
+            );
+        let c = load(&text).unwrap();
+        assert_eq!(c.tapis.max_concurrent_downloads, 3);
+        assert_eq!(c.tapis.bwlimit, Some(ByteSize(50 << 20)));
+        assert_eq!(c.webodm.bwlimit, Some(ByteSize(1_000_000)));
+        assert_eq!(c.webodm.upload_batch_files, 1);
+        assert_eq!(c.webodm.upload_batch_bytes, ByteSize(8_000_000));
     }
 
     #[test]

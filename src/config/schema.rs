@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{Problem, Secret};
+use super::{ByteSize, Problem, Secret};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -93,9 +93,16 @@ pub struct TapisConfig {
     /// Request rate limit towards Tapis.
     #[serde(default = "default_tapis_rps")]
     pub requests_per_second: u32,
-    /// Requests in flight towards Tapis at once.
+    /// Metadata requests (listings, logins, lookups) in flight towards Tapis at once.
     #[serde(default = "default_tapis_concurrency")]
     pub max_concurrent_requests: usize,
+    /// File downloads open at once (transfers: they wait for these slots, not for the rate
+    /// limiter or the request slots).
+    #[serde(default = "default_downloads")]
+    pub max_concurrent_downloads: usize,
+    /// Bytes per second of all downloads together; unset = no limit.
+    #[serde(default)]
+    pub bwlimit: Option<ByteSize>,
     /// Longest silence on a connection before the request is abandoned and retried.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -224,9 +231,19 @@ pub struct WebodmConfig {
     /// Request rate limit towards WebODM.
     #[serde(default = "default_webodm_rps")]
     pub requests_per_second: u32,
-    /// Images streamed Tapis → WebODM at once.
+    /// Upload requests (each streaming one image, or a batch of small ones, Tapis → WebODM) at
+    /// once; they wait for these slots, not for the rate limiter.
     #[serde(default = "default_uploads")]
     pub max_concurrent_uploads: usize,
+    /// Most images in one upload request (1 = one image per request).
+    #[serde(default = "default_batch_files")]
+    pub upload_batch_files: usize,
+    /// Most bytes in one upload request; a bigger image goes alone.
+    #[serde(default = "default_batch_bytes")]
+    pub upload_batch_bytes: ByteSize,
+    /// Bytes per second of all uploads together; unset = no limit.
+    #[serde(default)]
+    pub bwlimit: Option<ByteSize>,
     /// Processing options of every created task.
     #[serde(default = "default_task_options")]
     pub task_options: Vec<TaskOption>,
@@ -714,6 +731,15 @@ fn default_webodm_rps() -> u32 {
 }
 fn default_uploads() -> usize {
     4
+}
+fn default_downloads() -> usize {
+    8
+}
+fn default_batch_files() -> usize {
+    50
+}
+fn default_batch_bytes() -> ByteSize {
+    ByteSize(32 << 20)
 }
 fn default_task_options() -> Vec<TaskOption> {
     vec![TaskOption {

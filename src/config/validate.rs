@@ -114,9 +114,14 @@ impl Config {
                 self.tapis.max_concurrent_requests,
             ),
             (
+                "tapis.max_concurrent_downloads",
+                self.tapis.max_concurrent_downloads,
+            ),
+            (
                 "webodm.max_concurrent_uploads",
                 self.webodm.max_concurrent_uploads,
             ),
+            ("webodm.upload_batch_files", self.webodm.upload_batch_files),
             (
                 "sync.max_new_projects_per_pass",
                 self.sync.max_new_projects_per_pass,
@@ -124,6 +129,23 @@ impl Config {
         ] {
             if v == 0 {
                 bad(key, "must be at least 1".into());
+            }
+        }
+        if self.webodm.upload_batch_bytes.bytes() == 0 {
+            bad(
+                "webodm.upload_batch_bytes",
+                "must be at least 1 byte".into(),
+            );
+        }
+        for (key, limit) in [
+            ("tapis.bwlimit", self.tapis.bwlimit),
+            ("webodm.bwlimit", self.webodm.bwlimit),
+        ] {
+            if limit.is_some_and(|l| l.bytes() == 0) {
+                bad(
+                    key,
+                    "must be more than 0 bytes per second (leave it out for no limit)".into(),
+                );
             }
         }
         for (key, d) in [

@@ -1,5 +1,5 @@
-//! Runs a [`Plan`]: creates or adopts projects and tasks, streams images Tapis → WebODM,
-//! commits, and records every outcome in the store.
+//! Runs a [`Plan`]: creates or adopts projects and tasks, streams images Tapis → WebODM
+//! (small ones several per upload request), commits, and records every outcome in the store.
 //!
 //! Crash-safety rules (design.md): an intent is flushed before every create and cleared after
 //! its result is recorded; a project is always looked up (exact name + key tag) before it is
@@ -9,13 +9,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use futures_util::{stream, StreamExt};
+use futures_util::{future, stream, StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::clients::http::{ApiError, RetryPolicy};
+use crate::clients::http::{verify_length, ApiError, ByteStream, RetryPolicy};
 use crate::clients::tapis::TapisClient;
-use crate::clients::webodm::{NewProject, NewTask, Project, Task, WebodmClient};
+use crate::clients::webodm::{NewProject, NewTask, Project, Task, UploadPart, WebodmClient};
 use crate::config::Config;
 use crate::engine::discover::Image;
 use crate::engine::plan::{FlightPlan, Step};
@@ -96,7 +96,7 @@ pub struct Engine<'a> {
     pub progress: Option<indicatif::ProgressBar>,
     /// Retries of creates, commits and transfers.
     pub policy: RetryPolicy,
-    /// Images in flight at once, across all flights (`webodm.max_concurrent_uploads`).
+    /// Upload requests in flight at once, across all flights (`webodm.max_concurrent_uploads`).
     pub uploads: Arc<Semaphore>,
 }
 
@@ -435,8 +435,10 @@ impl Engine<'_> {
         Ok(created)
     }
 
-    /// Streams the images into the task, up to `max_concurrent_uploads` at once across all
-    /// flights; returns the images and bytes WebODM confirmed.
+    /// Streams the images into the task: packed into upload requests (see [`batches`]), up to
+    /// `max_concurrent_uploads` requests at once across all flights; returns the images and
+    /// bytes WebODM confirmed. With `verify_uploads` (the task was adopted), an image WebODM
+    /// already holds at the listed size is recorded without uploading it.
     async fn upload_all(
         &self,
         rec: &mut FlightRecord,
@@ -448,27 +450,56 @@ impl Engine<'_> {
             // An adopted task turned out to be committed already: nothing can be added.
             return Ok((0, 0));
         }
-        let key = rec.key.clone();
-        let project = rec.project_id.expect("Upload follows EnsureProject");
-        let task = rec.task_id.clone().expect("Upload follows EnsureTask");
+        let target = Target {
+            key: rec.key.clone(),
+            project: rec.project_id.expect("Upload follows EnsureProject"),
+            task: rec.task_id.clone().expect("Upload follows EnsureTask"),
+            images_path: images_path.to_string(),
+        };
         rec.phase = Phase::Uploading;
-        let verify = rec.verify_uploads;
-        let results: Vec<Result<Option<u64>, StepError>> = stream::iter(images)
-            .map(|img| {
-                let task = task.as_str();
-                let key = &key;
+        let concurrency = self.config.webodm.max_concurrent_uploads;
+        let mut results: Vec<Result<Option<u64>, StepError>> = Vec::new();
+        let mut todo: Vec<&Image> = images.iter().collect();
+        if rec.verify_uploads {
+            let checked: Vec<(&Image, Result<bool, StepError>)> = stream::iter(todo)
+                .map(|img| {
+                    let target = &target;
+                    async move { (img, self.already_held(target, img).await) }
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+            todo = Vec::new();
+            for (img, held) in checked {
+                match held {
+                    Ok(true) => results.push(Ok(None)),
+                    Ok(false) => todo.push(img),
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+            todo.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        let webodm = &self.config.webodm;
+        let groups = batches(
+            &todo,
+            webodm.upload_batch_files,
+            webodm.upload_batch_bytes.bytes(),
+        );
+        let sent: Vec<Vec<Result<Option<u64>, StepError>>> = stream::iter(groups)
+            .map(|group| {
+                let target = &target;
                 async move {
                     let _permit = uploads.acquire().await.expect("semaphore never closed");
                     if self.stopping.load(Ordering::SeqCst) {
-                        return Ok(None);
+                        return Vec::new();
                     }
-                    self.transfer(key, project, task, images_path, img, verify)
-                        .await
+                    self.send_batch(target, &group).await
                 }
             })
-            .buffer_unordered(self.config.webodm.max_concurrent_uploads)
+            .buffer_unordered(concurrency)
             .collect()
             .await;
+        results.extend(sent.into_iter().flatten());
         let (mut n, mut bytes, mut failed, mut first) = (0, 0, 0, None);
         for r in results {
             match r {
@@ -493,64 +524,101 @@ impl Engine<'_> {
         }
     }
 
-    /// Copies one image Tapis → WebODM with retries (each attempt re-opens the download);
-    /// returns the bytes uploaded, or `None` when WebODM already held it. With `verify` (the
-    /// task was adopted), an image WebODM holds counts as uploaded only when its size equals
-    /// the listing's; any other (or unknown) size is uploaded again, which overwrites it.
-    async fn transfer(
-        &self,
-        key: &FlightKey,
-        project: i64,
-        task: &str,
-        images_path: &str,
-        img: &Image,
-        verify: bool,
-    ) -> Result<Option<u64>, StepError> {
-        let path = format!("{images_path}/{}", img.name);
-        let record = UploadedImage {
-            size: img.size,
-            last_modified: img.last_modified.clone(),
-        };
-        if verify {
-            let held = self
-                .webodm
-                .image_size(project, task, &img.name)
-                .await
-                .map_err(api(format!("checking image {}", img.name)))?;
-            match held {
-                Some(size) if size == img.size => {
-                    debug!(system = %key.system, flight = %key.flight, image = %img.name, "WebODM already holds this image");
-                    self.store.mark_uploaded(key, &img.name, &record).await?;
-                    return Ok(None);
-                }
-                Some(size) => {
-                    info!(system = %key.system, flight = %key.flight, image = %img.name, held = size, listed = img.size,
-                          "WebODM holds another version of this image (its size differs from the listing); uploading it again");
-                }
-                None => {}
-            }
+    /// Whether WebODM already holds this image at its listed size (then it is recorded as
+    /// uploaded). Any other (or unknown) size means it is uploaded again, which overwrites it.
+    async fn already_held(&self, target: &Target, img: &Image) -> Result<bool, StepError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Ok(false);
         }
-        let attempt = || async {
-            let body = self.tapis.download(&key.system, &path).await?;
-            let body = crate::clients::http::verify_length(body, img.size, path.clone());
-            let body: crate::clients::http::ByteStream =
-                Box::pin(body.inspect(|_| crate::metrics::beat()));
-            let body = match &self.progress {
-                Some(bar) => {
-                    let bar = bar.clone();
-                    Box::pin(body.inspect(move |c| {
-                        if let Ok(c) = c {
-                            bar.inc(c.len() as u64)
-                        }
-                    }))
+        let key = &target.key;
+        let held = self
+            .webodm
+            .image_size(target.project, &target.task, &img.name)
+            .await
+            .map_err(api(format!("checking image {}", img.name)))?;
+        match held {
+            Some(size) if size == img.size => {
+                debug!(system = %key.system, flight = %key.flight, image = %img.name, "WebODM already holds this image");
+                self.store
+                    .mark_uploaded(key, &img.name, &uploaded_record(img))
+                    .await?;
+                Ok(true)
+            }
+            Some(size) => {
+                info!(system = %key.system, flight = %key.flight, image = %img.name, held = size, listed = img.size,
+                      "WebODM holds another version of this image (its size differs from the listing); uploading it again");
+                Ok(false)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Sends one batch in one upload request and records each image WebODM's answer confirms
+    /// under its own name at its listed size; an image the answer leaves out or confirms at
+    /// another size, and every image of a request that failed (its WebODM answer, or one
+    /// part's Tapis download), is then uploaded on its own with [`Engine::transfer`]. A batch
+    /// of one goes straight there. Returns each image's outcome (`Ok(Some(bytes))` uploaded).
+    async fn send_batch(
+        &self,
+        target: &Target,
+        group: &[&Image],
+    ) -> Vec<Result<Option<u64>, StepError>> {
+        if let [img] = group {
+            return vec![self.transfer(target, img).await];
+        }
+        let key = &target.key;
+        let parts = group.iter().map(|img| self.part(target, img)).collect();
+        let (confirmed, alone): (Vec<&Image>, Vec<&Image>) = match self
+            .webodm
+            .upload_images(target.project, &target.task, parts)
+            .await
+        {
+            Ok(stored) => {
+                let (confirmed, alone): (Vec<&Image>, Vec<&Image>) = group
+                    .iter()
+                    .partition(|img| stored.get(&img.name) == Some(&img.size));
+                for img in &alone {
+                    info!(system = %key.system, flight = %key.flight, image = %img.name,
+                          stored = ?stored.get(&img.name), listed = img.size,
+                          "the batch answer does not confirm this image at its listed size; uploading it on its own");
                 }
-                None => body,
-            };
+                (confirmed, alone)
+            }
+            Err(e) => {
+                // Its images are sent again, one by one: count that as the retry it is.
+                crate::metrics::retry(e.service(), e.class());
+                info!(system = %key.system, flight = %key.flight, images = group.len(), error = %e,
+                      "batch upload failed; uploading its images one by one");
+                (Vec::new(), group.to_vec())
+            }
+        };
+        let mut out: Vec<Result<Option<u64>, StepError>> =
+            future::join_all(confirmed.iter().map(|img| self.record(key, img))).await;
+        for img in alone {
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            out.push(self.transfer(target, img).await);
+        }
+        out
+    }
+
+    /// Copies one image Tapis → WebODM in a request of its own, with retries (each attempt
+    /// re-opens the download); returns the bytes uploaded.
+    async fn transfer(&self, target: &Target, img: &Image) -> Result<Option<u64>, StepError> {
+        let attempt = || async {
+            let part = self.part(target, img);
             self.webodm
-                .upload_image(project, task, &img.name, body, img.size)
+                .upload_image(
+                    target.project,
+                    &target.task,
+                    &part.name,
+                    part.body,
+                    part.len,
+                )
                 .await
         };
-        let what = format!("{key}: image {}", img.name);
+        let what = format!("{}: image {}", target.key, img.name);
         let stored = self
             .policy
             .run(&what, attempt)
@@ -563,9 +631,52 @@ impl Engine<'_> {
                 listed: img.size,
             });
         }
-        self.store.mark_uploaded(key, &img.name, &record).await?;
-        crate::metrics::image_uploaded(stored);
-        Ok(Some(stored))
+        self.record(&target.key, img).await
+    }
+
+    /// One image as a part of an upload request: its Tapis download, opened only when the
+    /// part's first bytes are asked for (so a request holds at most one download open, and no
+    /// download waits for an upload slot), checked to carry exactly the listed size, and
+    /// feeding the heartbeat and the progress bar.
+    fn part(&self, target: &Target, img: &Image) -> UploadPart {
+        let tapis = self.tapis.clone();
+        let system = target.key.system.clone();
+        let path = format!("{}/{}", target.images_path, img.name);
+        let size = img.size;
+        let open = async move {
+            let body = tapis.download(&system, &path).await?;
+            Ok::<_, ApiError>(verify_length(body, size, path))
+        };
+        let body: ByteStream = Box::pin(
+            stream::once(open)
+                .try_flatten()
+                .inspect(|_| crate::metrics::beat()),
+        );
+        let body = match &self.progress {
+            Some(bar) => {
+                let bar = bar.clone();
+                Box::pin(body.inspect(move |c| {
+                    if let Ok(c) = c {
+                        bar.inc(c.len() as u64)
+                    }
+                }))
+            }
+            None => body,
+        };
+        UploadPart {
+            name: img.name.clone(),
+            len: size,
+            body,
+        }
+    }
+
+    /// Records an image WebODM confirmed at its listed size; returns its bytes.
+    async fn record(&self, key: &FlightKey, img: &Image) -> Result<Option<u64>, StepError> {
+        self.store
+            .mark_uploaded(key, &img.name, &uploaded_record(img))
+            .await?;
+        crate::metrics::image_uploaded(img.size);
+        Ok(Some(img.size))
     }
 
     /// How many of the listed images WebODM confirmed in their listed version.
@@ -626,6 +737,43 @@ impl Engine<'_> {
     }
 }
 
+/// Where a flight's images go, and where they come from.
+struct Target {
+    key: FlightKey,
+    project: i64,
+    task: String,
+    /// `<Flight>/<images_dir>` on Tapis.
+    images_path: String,
+}
+
+/// What the store keeps of an image WebODM confirmed.
+fn uploaded_record(img: &Image) -> UploadedImage {
+    UploadedImage {
+        size: img.size,
+        last_modified: img.last_modified.clone(),
+    }
+}
+
+/// Packs images, in order, into upload requests of at most `files` images and `bytes` bytes
+/// each; an image of more than `bytes` goes alone.
+fn batches<'i>(images: &[&'i Image], files: usize, bytes: u64) -> Vec<Vec<&'i Image>> {
+    let mut out: Vec<Vec<&Image>> = Vec::new();
+    let mut size = 0;
+    for &img in images {
+        match out.last_mut() {
+            Some(batch) if batch.len() < files && size + img.size <= bytes => {
+                batch.push(img);
+                size += img.size;
+            }
+            _ => {
+                out.push(vec![img]);
+                size = img.size;
+            }
+        }
+    }
+    out
+}
+
 /// The daemon's project among those with the exact name: it carries the key tag; the oldest
 /// wins if an earlier bug made several.
 fn pick_project(found: Vec<Project>, tag: &str) -> Option<Project> {
@@ -646,4 +794,60 @@ fn pick_task(tasks: Vec<Task>, key: &FlightKey, generation: u32) -> Option<(Task
             (g >= generation).then_some((t, g))
         })
         .max_by(|(a, ga), (b, gb)| (ga, a.partial, &b.id).cmp(&(gb, b.partial, &a.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(name: &str, size: u64) -> Image {
+        Image {
+            name: name.into(),
+            size,
+            last_modified: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn names(groups: &[Vec<&Image>]) -> Vec<Vec<String>> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|i| i.name.clone()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn batches_pack_in_order_up_to_the_file_and_byte_budgets() {
+        let images: Vec<Image> = (0..7).map(|i| image(&format!("i{i}"), 10)).collect();
+        let refs: Vec<&Image> = images.iter().collect();
+        assert_eq!(
+            names(&batches(&refs, 3, 1_000)),
+            [vec!["i0", "i1", "i2"], vec!["i3", "i4", "i5"], vec!["i6"]]
+        );
+        assert_eq!(
+            names(&batches(&refs, 50, 25)),
+            [
+                vec!["i0", "i1"],
+                vec!["i2", "i3"],
+                vec!["i4", "i5"],
+                vec!["i6"]
+            ]
+        );
+        assert_eq!(batches(&refs, 1, 1_000).len(), 7, "one image per request");
+        assert!(batches(&[], 50, 1_000).is_empty());
+    }
+
+    #[test]
+    fn an_image_over_the_byte_budget_goes_alone() {
+        let images = [
+            image("a", 10),
+            image("big", 500),
+            image("b", 10),
+            image("c", 10),
+        ];
+        let refs: Vec<&Image> = images.iter().collect();
+        assert_eq!(
+            names(&batches(&refs, 50, 100)),
+            [vec!["a"], vec!["big"], vec!["b", "c"]]
+        );
+    }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use futures_util::StreamExt;
@@ -228,6 +228,18 @@ impl Sim {
             .lock()
             .expect("webodm lock")
             .delete_task(project_id, task_id)
+    }
+
+    /// Makes the next WebODM upload that carries a file stored as `name` drop it: the file is
+    /// not stored and its answer's `uploaded` map leaves it out (the other files of that
+    /// request are stored as usual). For tests of clients that must check the map per file.
+    pub fn drop_from_next_upload(&self, name: &str) {
+        self.shared
+            .webodm
+            .lock()
+            .expect("webodm lock")
+            .drop_from_next_upload
+            .insert(name.to_owned());
     }
 
     /// Deletes every task still partial, as WebODM does 72 h after creation; how many.
@@ -485,7 +497,12 @@ async fn handle(
     } else {
         Service::Other
     };
-    sh.stats.started(service);
+    let transfer = match service {
+        Service::Tapis => method == Method::GET && path.starts_with("/v3/files/content/"),
+        Service::Webodm => method == Method::POST && path.ends_with("/upload/"),
+        Service::Other => false,
+    };
+    sh.stats.started(service, transfer);
     let headers = req.headers();
     let leaked = match service {
         Service::Webodm => headers.contains_key("x-tapis-token"),

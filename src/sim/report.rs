@@ -189,6 +189,9 @@ pub struct Stats {
     pub bytes_downloaded: u64,
     /// File bytes received by WebODM uploads.
     pub bytes_uploaded: u64,
+    /// Files stored by WebODM uploads answered 200 (a request may carry several).
+    #[serde(default)]
+    pub files_uploaded: u64,
     /// Asset bytes sent by WebODM (`…/download/{asset}`).
     #[serde(default)]
     pub asset_bytes_downloaded: u64,
@@ -220,6 +223,12 @@ pub struct PeakRps {
     pub tapis: u64,
     /// WebODM.
     pub webodm: u64,
+    /// Tapis, file content downloads left out (what a client's request-rate limit governs).
+    #[serde(default)]
+    pub tapis_metadata: u64,
+    /// WebODM, image uploads left out.
+    #[serde(default)]
+    pub webodm_metadata: u64,
 }
 
 /// Which simulated service a request went to.
@@ -270,26 +279,32 @@ pub(crate) struct Counters {
     tally: Mutex<Tally>,
     pub bytes_downloaded: AtomicU64,
     pub bytes_uploaded: AtomicU64,
+    pub files_uploaded: AtomicU64,
     pub asset_bytes_downloaded: AtomicU64,
     pub tapis_bytes_uploaded: AtomicU64,
     pub leaked_credentials: AtomicU64,
 }
 
 impl Counters {
-    /// Counts one request as it arrives (for the per-second peak).
-    pub fn started(&self, service: Service) {
+    /// Counts one request as it arrives (for the per-second peaks); `transfer`: a file's
+    /// bytes (Tapis content download, WebODM image upload), left out of the metadata peaks.
+    pub fn started(&self, service: Service, transfer: bool) {
         let now = Instant::now();
         let mut t = self.tally.lock().expect("stats lock");
-        match service {
+        let (all, metadata) = match service {
             Service::Tapis => {
                 t.tapis += 1;
-                t.rps.entry("tapis").or_default().hit(now);
+                ("tapis", "tapis_metadata")
             }
             Service::Webodm => {
                 t.webodm += 1;
-                t.rps.entry("webodm").or_default().hit(now);
+                ("webodm", "webodm_metadata")
             }
-            Service::Other => {}
+            Service::Other => return,
+        };
+        t.rps.entry(all).or_default().hit(now);
+        if !transfer {
+            t.rps.entry(metadata).or_default().hit(now);
         }
     }
 
@@ -331,12 +346,15 @@ impl Counters {
             webodm_requests: t.webodm,
             bytes_downloaded: self.bytes_downloaded.load(Ordering::Relaxed),
             bytes_uploaded: self.bytes_uploaded.load(Ordering::Relaxed),
+            files_uploaded: self.files_uploaded.load(Ordering::Relaxed),
             asset_bytes_downloaded: self.asset_bytes_downloaded.load(Ordering::Relaxed),
             tapis_bytes_uploaded: self.tapis_bytes_uploaded.load(Ordering::Relaxed),
             project_edits: t.edits.clone(),
             peak_rps: PeakRps {
                 tapis: peak("tapis"),
                 webodm: peak("webodm"),
+                tapis_metadata: peak("tapis_metadata"),
+                webodm_metadata: peak("webodm_metadata"),
             },
             leaked_credentials: self.leaked_credentials.load(Ordering::Relaxed),
             commits: t.commits.clone(),

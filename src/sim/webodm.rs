@@ -2,7 +2,7 @@
 // Handlers return a ready error `Response` as `Err`, once per request: its size is no concern.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -84,6 +84,8 @@ pub(crate) struct State {
     pub accounts: Accounts,
     /// Flights (by key tag) whose every processing attempt fails, with this `last_error`.
     pub failing: HashMap<String, Option<String>>,
+    /// File names the next upload carrying them drops: not stored, left out of its answer.
+    pub drop_from_next_upload: HashSet<String>,
 }
 
 /// A stored project.
@@ -257,6 +259,7 @@ impl State {
             projects: Vec::new(),
             accounts: Accounts::new(daemon),
             failing: HashMap::new(),
+            drop_from_next_upload: HashSet::new(),
         }
     }
 
@@ -984,9 +987,21 @@ async fn upload(sh: &Shared, params: &[String], req: Request) -> Response {
     if files.is_empty() {
         return bad(json!(["No files uploaded"]));
     }
+    let dropped: HashSet<String> = {
+        let mut st = sh.webodm.lock().expect("webodm lock");
+        files
+            .iter()
+            .filter(|(name, ..)| st.drop_from_next_upload.remove(name))
+            .map(|(name, ..)| name.clone())
+            .collect()
+    };
     with_task(sh, params, |t| {
         let mut uploaded = serde_json::Map::new();
         for (name, size, sha) in files {
+            if dropped.contains(&name) {
+                continue;
+            }
+            sh.stats.files_uploaded.fetch_add(1, Ordering::Relaxed);
             uploaded.insert(name.clone(), json!(size));
             t.images.insert(name, (size, sha));
         }
