@@ -62,6 +62,16 @@ pub enum StepError {
     /// A person deleted the project or committed task.
     #[error("{0} was deleted in WebODM; it is not recreated until `tapis-webodm-sync forget` is run for this flight")]
     Deleted(String),
+    /// A result written to Tapis is not listed at WebODM's size.
+    #[error("result {asset}: Tapis lists {} after the write, WebODM's asset has {expected} bytes", listed.map_or_else(|| "no file".to_string(), |n| format!("{n} bytes")))]
+    ResultSize {
+        /// The asset.
+        asset: String,
+        /// The size Tapis lists (`None`: nothing, or a folder).
+        listed: Option<u64>,
+        /// WebODM's `Content-Length`.
+        expected: u64,
+    },
 }
 
 fn api(what: impl Into<String>) -> impl FnOnce(ApiError) -> StepError {
@@ -108,6 +118,11 @@ pub struct FlightOutcome {
     images_uploaded: u64,
     bytes_uploaded: u64,
     committed: bool,
+    restarted: bool,
+    results_written: u64,
+    result_bytes: u64,
+    /// Problems that are no step failure (a results conflict), reported once.
+    problems: Vec<String>,
     error: Option<String>,
 }
 
@@ -120,6 +135,10 @@ impl PassSummary {
         self.images_uploaded += o.images_uploaded;
         self.bytes_uploaded += o.bytes_uploaded;
         self.tasks_committed += o.committed as usize;
+        self.tasks_restarted += o.restarted as usize;
+        self.results_written += o.results_written;
+        self.result_bytes += o.result_bytes;
+        self.errors.extend(o.problems);
         self.errors.extend(o.error);
     }
 }
@@ -178,14 +197,15 @@ impl Engine<'_> {
             Ok(()) => {
                 rec.failures = 0;
                 rec.next_attempt_ms = None;
-                if rec.phase != Phase::DeletedInWebodm {
+                // A deleted or failed flight keeps what it says (no error that retries).
+                if !matches!(rec.phase, Phase::DeletedInWebodm | Phase::Failed) {
                     rec.last_error = None;
                     rec.error_since_ms = None;
                 }
             }
             Err(e) => {
                 if matches!(e, StepError::Deleted(_)) {
-                    rec.phase = Phase::DeletedInWebodm;
+                    rec.set_phase(Phase::DeletedInWebodm);
                 }
                 rec.failures += 1;
                 let delay = crate::engine::plan::retry_delay(rec.failures, &self.config.retry);
@@ -237,13 +257,13 @@ impl Engine<'_> {
                 self.store.clear_images(&rec.key)?;
                 rec.task_id = None;
                 rec.images_uploaded = 0;
-                rec.phase = Phase::ProjectCreated;
+                rec.set_phase(Phase::ProjectCreated);
                 self.store.put_flight(rec).await?;
             }
             Step::MarkDeleted { what } => {
                 warn!(system = %rec.key.system, flight = %rec.key.flight,
                       "{what} was deleted in WebODM; not recreating it until `tapis-webodm-sync forget {} {}` is run", rec.key.system, rec.key.flight);
-                rec.phase = Phase::DeletedInWebodm;
+                rec.set_phase(Phase::DeletedInWebodm);
                 rec.last_error = Some(format!(
                     "{what} was deleted in WebODM; run `forget` to sync this flight again"
                 ));
@@ -255,13 +275,29 @@ impl Engine<'_> {
                 rec.generation = *generation;
                 rec.task_id = None;
                 rec.images_uploaded = 0;
-                rec.phase = Phase::ProjectCreated;
+                rec.processing = Default::default();
+                // A failed or canceled earlier task's outcome is no longer the flight's.
+                rec.last_error = None;
+                rec.set_phase(Phase::ProjectCreated);
                 self.store.put_flight(rec).await?;
             }
             Step::WarnChangedAfterCommit => {
                 warn!(system = %rec.key.system, flight = %rec.key.flight,
                       "images changed on Tapis after the task was committed; WebODM keeps the committed set");
                 rec.change_warned = true;
+            }
+            Step::PollTask => self.poll_task(rec).await?,
+            Step::RestartTask { attempt } => {
+                out.restarted = self.restart_task(rec, *attempt).await?;
+            }
+            Step::CopyResults {
+                assets,
+                unavailable,
+            } => {
+                let copied = self.copy_results(rec, assets, unavailable).await?;
+                out.results_written += copied.files;
+                out.result_bytes += copied.bytes;
+                out.problems.extend(copied.conflicts);
             }
         }
         Ok(())
@@ -283,7 +319,7 @@ impl Engine<'_> {
             description: naming::description(
                 &key,
                 &fp.flight.images_path,
-                fp.flight.images.len() as u64,
+                fp.flight.image_count() as u64,
                 &crate::engine::state::rfc3339(rec.first_seen_ms),
             ),
             tags: naming::tags(&key),
@@ -314,7 +350,7 @@ impl Engine<'_> {
         rec.project_id = Some(project.id);
         rec.project_name = Some(project.name.clone());
         rec.task_id = None;
-        rec.phase = Phase::ProjectCreated;
+        rec.set_phase(Phase::ProjectCreated);
         self.store.put_flight(rec).await?;
         self.store
             .close_intent(&key, IntentKind::CreateProject)
@@ -324,7 +360,7 @@ impl Engine<'_> {
             project_name: project.name,
             flight_name: key.flight.clone(),
             system_id: key.system.clone(),
-            image_count: fp.flight.images.len() as u64,
+            image_count: fp.flight.image_count() as u64,
         }))
     }
 
@@ -367,16 +403,17 @@ impl Engine<'_> {
             info!(system = %key.system, flight = %key.flight, task = %task.id, "created task");
             self.store.clear_images(&key)?;
             rec.images_uploaded = 0;
-            rec.phase = Phase::TaskCreated;
+            rec.set_phase(Phase::TaskCreated);
         } else {
             info!(system = %key.system, flight = %key.flight, task = %task.id, partial = task.partial, "adopted existing task");
             rec.verify_uploads = true;
-            rec.phase = if task.partial {
-                Phase::TaskCreated
+            if task.partial {
+                rec.set_phase(Phase::TaskCreated);
             } else {
                 rec.committed_listing = Some(rec.listing);
-                Phase::Committed
-            };
+                rec.processing = Default::default();
+                rec.set_phase(Phase::Committed);
+            }
         }
         rec.task_id = Some(task.id);
         rec.generation = found_generation;
@@ -403,7 +440,7 @@ impl Engine<'_> {
         let key = rec.key.clone();
         let project = rec.project_id.expect("Upload follows EnsureProject");
         let task = rec.task_id.clone().expect("Upload follows EnsureTask");
-        rec.phase = Phase::Uploading;
+        rec.set_phase(Phase::Uploading);
         let verify = rec.verify_uploads;
         let results: Vec<Result<Option<u64>, StepError>> = stream::iter(images)
             .map(|img| {
@@ -566,7 +603,8 @@ impl Engine<'_> {
                 format!("task {task}"),
             ))?;
         info!(system = %key.system, flight = %key.flight, task = %task, images = rec.images_total, "committed task for processing");
-        rec.phase = Phase::Committed;
+        rec.set_phase(Phase::Committed);
+        rec.processing = Default::default();
         rec.committed_listing = Some(rec.listing);
         rec.change_warned = false;
         self.store.put_flight(rec).await?;

@@ -39,6 +39,15 @@ pub struct PassSummary {
     pub bytes_uploaded: u64,
     /// Tasks committed for processing.
     pub tasks_committed: usize,
+    /// Failed tasks WebODM was asked to process again.
+    #[serde(default)]
+    pub tasks_restarted: usize,
+    /// Result files written to Tapis.
+    #[serde(default)]
+    pub results_written: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub result_bytes: u64,
     /// Wall time of the pass.
     pub duration_ms: u64,
     /// HTTP requests sent to Tapis (retries and logins included).

@@ -77,6 +77,10 @@ pub struct Faults {
     /// Share of tasks whose first processing attempt FAILS (a later commit or restart
     /// completes), decided by the seed, the project name and the task name.
     pub fail_processing_rate: f64,
+    /// A WebODM asset download sends the first half of its body, then pauses this long (in
+    /// milliseconds) before the rest: a result transfer reliably under way, for kill tests.
+    /// 0 = no pause.
+    pub asset_stall_ms: u64,
 }
 
 impl Default for Faults {
@@ -97,6 +101,7 @@ impl Default for Faults {
             refresh_fails: false,
             process_ms: 1500,
             fail_processing_rate: 0.0,
+            asset_stall_ms: 0,
         }
     }
 }
