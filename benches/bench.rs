@@ -646,7 +646,7 @@ async fn seed(config: &Config, store: &Store, only: &[String], image_records: bo
                     description: naming::description(
                         key,
                         &f.images_path,
-                        f.images.len() as u64,
+                        f.image_count() as u64,
                         &state::rfc3339(now),
                     ),
                     tags: naming::tags(key),

@@ -503,7 +503,7 @@ pub async fn flights(flag: Option<PathBuf>, systems: Vec<String>, json: bool) ->
             system_id: f.key.system.clone(),
             flight_name: f.key.flight.clone(),
             images_path: f.images_path.clone(),
-            image_count: f.images.len(),
+            image_count: f.image_count(),
             bytes: f.fingerprint().bytes,
         })
         .collect();

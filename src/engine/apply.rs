@@ -21,7 +21,8 @@ use crate::engine::discover::Image;
 use crate::engine::naming;
 use crate::engine::plan::{FlightPlan, Step};
 use crate::engine::state::{
-    now_ms, FlightKey, FlightRecord, IntentKind, Phase, StateError, Store, UploadedImage,
+    now_ms, FlightKey, FlightRecord, IntentKind, Phase, Processing, StateError, Store,
+    UploadedImage,
 };
 use crate::engine::summary::{CreatedProject, PassSummary};
 
@@ -411,7 +412,7 @@ impl Engine<'_> {
                 rec.set_phase(Phase::TaskCreated);
             } else {
                 rec.committed_listing = Some(rec.listing);
-                rec.processing = Default::default();
+                rec.processing = Processing::waiting_since(now_ms());
                 rec.set_phase(Phase::Committed);
             }
         }
@@ -604,7 +605,7 @@ impl Engine<'_> {
             ))?;
         info!(system = %key.system, flight = %key.flight, task = %task, images = rec.images_total, "committed task for processing");
         rec.set_phase(Phase::Committed);
-        rec.processing = Default::default();
+        rec.processing = Processing::waiting_since(now_ms());
         rec.committed_listing = Some(rec.listing);
         rec.change_warned = false;
         self.store.put_flight(rec).await?;

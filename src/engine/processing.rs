@@ -185,10 +185,9 @@ impl Engine<'_> {
             rec.processing.restarts -= 1;
             return Err(api_or_deleted("restarting the task", id, e));
         }
-        warn!(system = %key.system, flight = %key.flight, task = %id, attempt,
+        info!(system = %key.system, flight = %key.flight, task = %id, attempt,
               of = self.config.processing.restart_failed,
-              error = %rec.processing.error.as_deref().unwrap_or(NO_MESSAGE),
-              "processing failed; asked WebODM to restart the task");
+              "asked WebODM to restart the failed task");
         // WebODM shows the old status with the restart pending until its worker takes it.
         rec.processing.pending_action = Some(3);
         rec.set_phase(Phase::Processing);

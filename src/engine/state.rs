@@ -274,6 +274,16 @@ pub struct Processing {
     pub read_ms: Option<i64>,
 }
 
+impl Processing {
+    /// A task just committed (or adopted committed): no node has it yet, since `now_ms`.
+    pub fn waiting_since(now_ms: i64) -> Processing {
+        Processing {
+            unassigned_since_ms: Some(now_ms),
+            ..Processing::default()
+        }
+    }
+}
+
 /// What became of one result asset on Tapis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssetResult {
