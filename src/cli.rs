@@ -283,11 +283,13 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
                     );
                     if let (Some(p), false) = (&snap.last_pass, json) {
                         println!(
-                        "Last pass {}: {} projects created, {} images uploaded, {} tasks committed, {} errors",
+                        "Last pass {}: {} projects created, {} images uploaded, {} tasks committed, {} restarted, {} results written, {} errors",
                         p.finished_at,
                         p.summary.projects_created,
                         p.summary.images_uploaded,
                         p.summary.tasks_committed,
+                        p.summary.tasks_restarted,
+                        p.summary.results_written,
                         p.summary.errors.len()
                     );
                     }
