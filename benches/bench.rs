@@ -271,6 +271,8 @@ impl Limits {
 /// The demo config pointed at `sim`, with these limits and `state_dir`.
 fn lib_config(sim: &Sim, state_dir: &Path, l: Limits) -> R<Config> {
     let mut c = demo::config_for(sim, state_dir).map_err(err)?;
+    // The demo copies results back to Tapis; the sections here measure the sync alone.
+    c.results.assets.clear();
     c.tapis.requests_per_second = l.tapis_rps;
     c.tapis.max_concurrent_requests = l.tapis_concurrency;
     c.webodm.requests_per_second = l.webodm_rps;
@@ -617,7 +619,7 @@ struct Seeded {
 /// Makes the flights of `only` (all systems when empty) look synced: discovers them through
 /// the daemon's own discovery, creates each flight's project and task in the simulated WebODM
 /// (names, description and tags from `naming`, as `apply` does), and writes the records a sync
-/// ends with: every image confirmed, phase `committed`, listing settled an hour ago.
+/// ends with: every image confirmed, phase `completed` (processed; results off), listing settled an hour ago.
 ///
 /// With `image_records` false the per-image records are left out (a store in which commit
 /// drops them: the daemon never reads them again for a committed flight).
@@ -644,7 +646,7 @@ async fn seed(config: &Config, store: &Store, only: &[String], image_records: bo
                     description: naming::description(
                         key,
                         &f.images_path,
-                        f.images.len() as u64,
+                        f.image_count() as u64,
                         &state::rfc3339(now),
                     ),
                     tags: naming::tags(key),
@@ -696,7 +698,9 @@ async fn seed(config: &Config, store: &Store, only: &[String], image_records: bo
                 images.fetch_add(records.len() as u64, Ordering::Relaxed);
                 let fp = f.fingerprint();
                 let mut rec = FlightRecord::new(f.key.clone(), since);
-                rec.phase = Phase::Committed;
+                // Processed already (results off): nothing left to follow, as in a store
+                // whose flights are all done.
+                rec.phase = Phase::Completed;
                 rec.project_id = Some(project_id);
                 rec.project_name = Some(project_name);
                 rec.task_id = Some(task_id);
@@ -2002,6 +2006,8 @@ async fn section_state(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
             settle: config.sync.settle,
             max_new_projects: config.sync.max_new_projects_per_pass,
             on_change: config.sync.on_change_after_commit,
+            restart_failed: config.processing.restart_failed,
+            result_assets: config.results.assets.clone(),
         };
         let t0 = Instant::now();
         let p = plan::plan(&desired_all, &obs, state::now_ms(), &settings);

@@ -183,6 +183,25 @@ fn describe(step: &Step) -> String {
                 notes.join("; ")
             }
         }
+        Step::PollTask => "read processing status".into(),
+        Step::RestartTask { attempt } => format!("restart failed processing (restart {attempt})"),
+        Step::CopyResults {
+            assets,
+            unavailable,
+        } => {
+            let mut out = if assets.is_empty() {
+                "results: nothing left to write".to_string()
+            } else {
+                format!("write results to Tapis: {}", assets.join(", "))
+            };
+            if !unavailable.is_empty() {
+                out.push_str(&format!(
+                    " (not offered by WebODM: {})",
+                    unavailable.join(", ")
+                ));
+            }
+            out
+        }
     }
 }
 
@@ -190,13 +209,16 @@ fn print_plan(report: &PassReport) {
     let plan = &report.plan;
     let (images, bytes) = plan.uploads();
     println!(
-        "Plan: {} projects, {} tasks, {} images ({}) to upload, {} commits, {} grants — {} systems, {} flights on Tapis",
+        "Plan: {} projects, {} tasks, {} images ({}) to upload, {} commits, {} grants, {} task reads, {} restarts, {} results to write — {} systems, {} flights on Tapis",
         plan.projects(),
         plan.tasks(),
         images,
         HumanBytes(bytes),
         plan.commits(),
         plan.grants(),
+        plan.polls(),
+        plan.restarts(),
+        plan.result_copies(),
         report.summary.systems_scanned,
         report.summary.flights_discovered,
     );
@@ -236,7 +258,7 @@ fn print_errors(errors: &[String]) {
 fn print_summary(report: &PassReport) {
     let s = &report.summary;
     println!(
-        "Pass: {} systems, {} flights; created {} projects and {} tasks; uploaded {} images ({}); committed {} tasks; {} grants; {} errors; {:.1} s",
+        "Pass: {} systems, {} flights; created {} projects and {} tasks; uploaded {} images ({}); committed {} tasks; {} grants; restarted {} tasks; wrote {} results ({}); {} errors; {:.1} s",
         s.systems_scanned,
         s.flights_discovered,
         s.projects_created,
@@ -245,6 +267,9 @@ fn print_summary(report: &PassReport) {
         HumanBytes(s.bytes_uploaded),
         s.tasks_committed,
         s.grants_added,
+        s.tasks_restarted,
+        s.results_written,
+        HumanBytes(s.result_bytes),
         s.errors.len(),
         s.duration_ms as f64 / 1000.0
     );
@@ -283,11 +308,13 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
                     );
                     if let (Some(p), false) = (&snap.last_pass, json) {
                         println!(
-                        "Last pass {}: {} projects created, {} images uploaded, {} tasks committed, {} errors",
+                        "Last pass {}: {} projects created, {} images uploaded, {} tasks committed, {} restarted, {} results written, {} errors",
                         p.finished_at,
                         p.summary.projects_created,
                         p.summary.images_uploaded,
                         p.summary.tasks_committed,
+                        p.summary.tasks_restarted,
+                        p.summary.results_written,
                         p.summary.errors.len()
                     );
                     }
@@ -314,31 +341,12 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
         return EXIT_OK;
     }
     println!(
-        "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} {:<20} LAST ERROR / NOTES",
-        "SYSTEM", "FLIGHT", "PHASE", "IMAGES", "PROJECT", "TASK", "CHECKED ON TAPIS"
+        "{:<28} {:<24} {:<18} {:>11} {:>8} {:<32} {:<20} {:>7} LAST ERROR",
+        "SYSTEM", "FLIGHT", "PHASE", "IMAGES", "PROJECT", "TASK", "CHECKED ON TAPIS", "RESULTS"
     );
     for r in &rows {
-        let mut notes: Vec<String> = Vec::new();
-        match (&r.listing_error, &r.last_error) {
-            (Some(l), _) => notes.push(format!("listing failed: {l}")),
-            (None, Some(e)) => notes.push(e.clone()),
-            (None, None) => {}
-        }
-        if !r.access_waiting.is_empty() {
-            notes.push(format!(
-                "waiting for WebODM account: {}",
-                r.access_waiting.join(", ")
-            ));
-        }
-        if !r.unshared.is_empty() {
-            notes.push(format!(
-                "no longer shared on Tapis (access kept in WebODM): {}",
-                r.unshared.join(", ")
-            ));
-        }
-        let error = notes.join("; ");
         println!(
-            "{:<28} {:<24} {:<18} {:>11} {:>8} {:<10} {:<20} {}",
+            "{:<28} {:<24} {:<18} {:>11} {:>8} {:<32} {:<20} {:>7} {}",
             r.system_id,
             r.flight_name,
             r.phase,
@@ -346,15 +354,69 @@ pub async fn status(flag: Option<PathBuf>, json: bool) -> u8 {
             r.project_id
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
-            r.task_status.as_deref().unwrap_or("-"),
+            task_cell(r),
             r.last_checked_at.as_deref().unwrap_or("-"),
-            error
+            if r.results_written.is_empty() {
+                "-".to_string()
+            } else {
+                r.results_written.len().to_string()
+            },
+            message_cell(r)
         );
     }
     if rows.is_empty() {
         println!("(no flights recorded yet: run `tapis-webodm-sync once`)");
     }
     EXIT_OK
+}
+
+/// The TASK cell of `status`: its state, restarts and processing time.
+fn task_cell(r: &StatusRow) -> String {
+    let mut cell = r.task_status.clone().unwrap_or_else(|| "-".into());
+    if r.restarts > 0 {
+        let s = if r.restarts == 1 { "" } else { "s" };
+        cell.push_str(&format!(", {} restart{s}", r.restarts));
+    }
+    if let Some(ms) = r.processing_time_ms {
+        cell.push_str(&format!(", {:.1} s", ms as f64 / 1000.0));
+    }
+    cell
+}
+
+/// The LAST ERROR cell of `status`: errors, then what needs a person, then what is pending.
+fn message_cell(r: &StatusRow) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = &r.listing_error {
+        parts.push(format!("listing failed: {l}"));
+    }
+    parts.extend(r.last_error.clone());
+    parts.extend(r.notice.clone());
+    if !r.access_waiting.is_empty() {
+        parts.push(format!(
+            "waiting for WebODM account: {}",
+            r.access_waiting.join(", ")
+        ));
+    }
+    if !r.unshared.is_empty() {
+        parts.push(format!(
+            "no longer shared on Tapis (access kept in WebODM): {}",
+            r.unshared.join(", ")
+        ));
+    }
+    if let (Some(at), true) = (&r.restart_at, r.last_error.is_none()) {
+        let why = r
+            .processing_error
+            .as_deref()
+            .unwrap_or(crate::engine::processing::NO_MESSAGE);
+        parts.push(format!("processing failed ({why}); restart due {at}"));
+    }
+    if !r.results_unavailable.is_empty() {
+        parts.push(format!(
+            "results not offered by WebODM: {}",
+            r.results_unavailable.join(", ")
+        ));
+    }
+    parts.join("; ")
 }
 
 /// `status --admin-token`: the running daemon's token for `POST /pass`.
@@ -480,7 +542,7 @@ pub async fn flights(flag: Option<PathBuf>, systems: Vec<String>, json: bool) ->
             system_id: f.key.system.clone(),
             flight_name: f.key.flight.clone(),
             images_path: f.images_path.clone(),
-            image_count: f.images.len(),
+            image_count: f.image_count(),
             bytes: f.fingerprint().bytes,
         })
         .collect();

@@ -62,6 +62,8 @@ pub struct Metrics {
     flights: Family<PhaseLabels, Gauge>,
     images_uploaded: Counter,
     bytes_uploaded: Counter,
+    results_written: Counter,
+    result_bytes: Counter,
     requests: Family<RequestLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -113,6 +115,18 @@ impl Metrics {
             "uploaded_bytes",
             "Bytes of the images WebODM confirmed",
             bytes_uploaded.clone(),
+        );
+        let results_written = Counter::default();
+        registry.register(
+            "results_written",
+            "Result files written to Tapis",
+            results_written.clone(),
+        );
+        let result_bytes = Counter::default();
+        registry.register(
+            "result_written_bytes",
+            "Bytes of the result files written to Tapis",
+            result_bytes.clone(),
         );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -173,6 +187,8 @@ impl Metrics {
             flights,
             images_uploaded,
             bytes_uploaded,
+            results_written,
+            result_bytes,
             requests,
             retries,
             last_success,
@@ -307,6 +323,14 @@ pub fn image_uploaded(bytes: u64) {
     let m = global();
     m.images_uploaded.inc();
     m.bytes_uploaded.inc_by(bytes);
+    beat();
+}
+
+/// Counts a result file written to Tapis and checked.
+pub fn result_written(bytes: u64) {
+    let m = global();
+    m.results_written.inc();
+    m.result_bytes.inc_by(bytes);
     beat();
 }
 

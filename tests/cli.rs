@@ -61,8 +61,23 @@ fn demo_json_converges() {
     assert_eq!(w["bytes"], e["bytes"]);
     assert_eq!(w["duplicate_projects"], 0);
     assert_eq!(w["corrupt_images"], 0);
+    // The whole loop: companion files in the tasks, every flight processed, results on Tapis.
+    assert!(e["companions"].as_u64().unwrap() > 0, "{e}");
+    assert_eq!(w["companions"], e["companions"]);
+    assert_eq!(w["stray_files"], 0);
+    assert_eq!(v["completed"], e["flights"]);
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["results_written"], e["flights"]);
+    assert_eq!(v["results_differing"], 0);
     let passes = v["passes"].as_array().unwrap();
-    assert!(passes.len() >= 2 && passes.len() <= 10);
+    assert!(passes.len() >= 2 && passes.len() <= tapis_webodm_sync::demo::MAX_PASSES);
+    let sum = |key: &str| passes.iter().map(|p| p[key].as_u64().unwrap()).sum::<u64>();
+    assert!(sum("tasks_restarted") > 0, "the demo shows a restart");
+    assert_eq!(
+        sum("results_written"),
+        3 * e["flights"].as_u64().unwrap(),
+        "each result once"
+    );
     let last = passes.last().unwrap();
     assert_eq!(last["projects_created"], 0);
     assert_eq!(last["images_uploaded"], 0);
@@ -76,6 +91,9 @@ fn demo_json_converges() {
         "images_uploaded",
         "bytes_uploaded",
         "tasks_committed",
+        "tasks_restarted",
+        "results_written",
+        "result_bytes",
         "duration_ms",
         "tapis_requests",
         "webodm_requests",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use service_support::*;
-use tapis_webodm_sync::sim::{DatasetSpec, ExpectedFlight, Sim, HOSTILE_FLIGHT};
+use tapis_webodm_sync::sim::{DatasetSpec, ExpectedFlight, Faults, Sim, HOSTILE_FLIGHT};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -251,7 +251,14 @@ async fn screenshot(c: &Client, path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_page_in_chromium_with_and_without_javascript_and_post_pass() {
-    let sim: Sim = start_sim(&dataset(1)).await;
+    // No processing node: committed flights stay `committed`, so the rows are stable.
+    let no_node = Faults {
+        process_ms: 0,
+        ..Faults::default()
+    };
+    let sim = Sim::start_with(&dataset(1), "127.0.0.1:0".parse().unwrap(), no_node)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let public = "https://odm.example.org/webodm";

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use service_support::*;
 use sha2::Sha256;
-use tapis_webodm_sync::sim::{DatasetSpec, Sim};
+use tapis_webodm_sync::sim::{DatasetSpec, Faults, Sim};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 const SMTP_USER: &str = "mailer";
@@ -30,6 +30,18 @@ fn dataset(flights: usize) -> DatasetSpec {
         decoys: false,
         companions: false,
     }
+}
+
+/// A simulator without a processing node: committed tasks are never processed, so the only
+/// flight events are the commits.
+async fn without_node(spec: &DatasetSpec) -> Sim {
+    let faults = Faults {
+        process_ms: 0,
+        ..Faults::default()
+    };
+    Sim::start_with(spec, "127.0.0.1:0".parse().unwrap(), faults)
+        .await
+        .unwrap()
 }
 
 /// (CA certificate PEM, TLS acceptor for `localhost`).
@@ -298,7 +310,7 @@ async fn metric(port: u16, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_event_once_across_restarts_readable_mail_signed_webhook_no_password_in_log() {
-    let sim: Sim = start_sim(&dataset(2)).await;
+    let sim: Sim = without_node(&dataset(2)).await;
     let (smtp_port, ca, mails) = smtp_sink(false).await;
     let (hook_url, hooks) = receiver(200, Duration::ZERO).await;
     let dir = tempfile::tempdir().unwrap();
@@ -446,7 +458,7 @@ async fn each_event_once_across_restarts_readable_mail_signed_webhook_no_passwor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn digest_mail_per_pass_over_implicit_tls() {
-    let sim: Sim = start_sim(&dataset(3)).await;
+    let sim: Sim = without_node(&dataset(3)).await;
     let (smtp_port, ca, mails) = smtp_sink(true).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
@@ -487,7 +499,7 @@ async fn digest_mail_per_pass_over_implicit_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_receiver_is_retried_then_given_up_without_slowing_passes() {
-    let sim: Sim = start_sim(&dataset(2)).await;
+    let sim: Sim = without_node(&dataset(2)).await;
     let (hook_url, hooks) = receiver(503, Duration::from_millis(200)).await;
     let dir = tempfile::tempdir().unwrap();
     let admin = free_port();
@@ -550,6 +562,68 @@ async fn a_dead_receiver_is_retried_then_given_up_without_slowing_passes() {
         calls,
         "no retry after giving up"
     );
+    drop(d);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processing_completed_and_failed_are_notified_once_each() {
+    let faults = Faults {
+        process_ms: 100,
+        ..Faults::default()
+    };
+    let sim = Sim::start_with(&dataset(2), "127.0.0.1:0".parse().unwrap(), faults)
+        .await
+        .unwrap();
+    let flights = sim.dataset().expected_flights();
+    let (done, broken) = (&flights[0], &flights[1]);
+    sim.fail_processing(
+        &broken.system_id,
+        &broken.flight,
+        Some("Cannot process dataset"),
+    );
+    let (hook_url, hooks) = receiver(200, Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(
+        &sim,
+        dir.path(),
+        &[("sync", "interval = \"300ms\"")],
+        &format!("\n[processing]\nrestart_failed = 0\n\n[notify]\nwebhook = \"{hook_url}\"\n"),
+    );
+    let d = Daemon::start(&config, false, &[]);
+    let events = || -> Vec<serde_json::Value> {
+        hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| serde_json::from_slice(&h.body).unwrap())
+            .collect()
+    };
+    until(
+        "committed, completed and failed",
+        Duration::from_secs(30),
+        || d.log_text(),
+        || events().len() >= 4,
+    )
+    .await;
+    let passes = d.count("pass finished");
+    d.wait_log("pass finished", passes + 3, Duration::from_secs(20));
+    let all = events();
+    assert_eq!(all.len(), 4, "once each: {all:#?}");
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        all.iter().filter(|e| e["event"] == kind).collect()
+    };
+    assert_eq!(of("flight_committed").len(), 2);
+    let completed = of("flight_completed");
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0]["flight_name"], done.flight.as_str());
+    let failed = of("flight_failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["flight_name"], broken.flight.as_str());
+    assert_eq!(failed[0]["error"], "Cannot process dataset");
+    assert_eq!(failed[0]["phase"], "failed");
+    assert_eq!(d.count("processing failed for good"), 1, "{}", d.log_text());
+    assert_eq!(d.count("processing completed"), 1, "{}", d.log_text());
     drop(d);
     sim.shutdown().await;
 }

@@ -26,10 +26,10 @@ pub struct Config {
     /// Who sees each project besides the daemon's own account.
     #[serde(default)]
     pub access: AccessConfig,
-    /// Processing outcome (later work; accepted now).
+    /// Following each committed task's processing.
     #[serde(default)]
     pub processing: ProcessingConfig,
-    /// Results back to Tapis (later work; accepted now).
+    /// Processing results copied back to Tapis (off while `assets` is empty).
     #[serde(default)]
     pub results: ResultsConfig,
     /// Retry policy shared by both services.
@@ -195,7 +195,8 @@ pub struct LayoutConfig {
     /// Image extensions, case-insensitive, without the dot.
     #[serde(default = "default_extensions")]
     pub extensions: Vec<String>,
-    /// Companion files uploaded with the images (later work).
+    /// Companion files uploaded into the task with the images when the images folder holds
+    /// them (names matched case-insensitively); any other file is left out.
     #[serde(default = "default_companions")]
     pub companions: Vec<String>,
 }
@@ -462,22 +463,29 @@ impl Default for AccessConfig {
     }
 }
 
-/// `[processing]` (later work).
+/// `[processing]`: following each committed task until WebODM has processed it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessingConfig {
     /// Restarts of a FAILED task before the flight is marked failed.
     #[serde(default = "one")]
     pub restart_failed: u32,
+    /// A committed task whose `status` stays null (no processing node took it) this long is
+    /// reported as "no processing node".
+    #[serde(default = "default_no_node_after", with = "humantime_serde")]
+    pub no_node_after: Duration,
 }
 
 impl Default for ProcessingConfig {
     fn default() -> Self {
-        ProcessingConfig { restart_failed: 1 }
+        ProcessingConfig {
+            restart_failed: 1,
+            no_node_after: default_no_node_after(),
+        }
     }
 }
 
-/// `[results]` (later work; off while `assets` is empty).
+/// `[results]`: processing results copied back to Tapis (off while `assets` is empty).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResultsConfig {
@@ -773,6 +781,9 @@ fn one() -> u32 {
 }
 fn default_permissions() -> Vec<Permission> {
     vec![Permission::View]
+}
+fn default_no_node_after() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 fn default_results_dir() -> String {
     "code/odm_results".into()

@@ -213,6 +213,50 @@ impl Config {
             }
         }
         out.extend(self.validate_notify());
+        out.extend(self.validate_results());
+        out
+    }
+
+    /// The checks of `[layout] companions`, `[processing]` and `[results]`.
+    fn validate_results(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |key: &str, message: String| out.push(problem(key, message));
+        for name in &self.layout.companions {
+            if let Some(why) = bad_file_name(name) {
+                bad(
+                    "layout.companions",
+                    format!("`{name}` {why}: name a file of the images folder, like \"geo.txt\""),
+                );
+            }
+        }
+        if self.processing.no_node_after.is_zero() {
+            bad("processing.no_node_after", "must be longer than 0s".into());
+        }
+        let dir = &self.results.dir;
+        if dir.trim_matches('/').is_empty()
+            || dir.starts_with('/')
+            || dir.contains('\\')
+            || dir.split('/').any(|s| s == ".." || s == ".")
+        {
+            bad(
+                "results.dir",
+                format!(
+                    "`{dir}` must be a relative folder inside the flight folder, without `.`, \
+                     `..` or `\\`, like \"code/odm_results\""
+                ),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for asset in &self.results.assets {
+            if let Some(why) = bad_file_name(asset) {
+                bad(
+                    "results.assets",
+                    format!("`{asset}` {why}: name a WebODM asset, like \"orthophoto.tif\""),
+                );
+            } else if !seen.insert(asset.as_str()) {
+                bad("results.assets", format!("`{asset}` is listed twice"));
+            }
+        }
         out
     }
 
@@ -358,6 +402,21 @@ pub fn is_loopback(url: &Url) -> bool {
             d == "localhost" || d.ends_with(".localhost")
         }
         None => false,
+    }
+}
+
+/// Why `name` cannot be a plain file name (one path segment), if it cannot.
+fn bad_file_name(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() {
+        Some("is empty")
+    } else if name == "." || name == ".." {
+        Some("is not a file name")
+    } else if name.contains(['/', '\\']) {
+        Some("must be a file name without `/` or `\\`")
+    } else if name.chars().any(char::is_control) {
+        Some("contains control characters")
+    } else {
+        None
     }
 }
 

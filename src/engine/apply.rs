@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::engine::discover::Image;
 use crate::engine::plan::{FlightPlan, Step};
 use crate::engine::state::{
-    now_ms, FlightKey, FlightRecord, IntentKind, Phase, StateError, Store, UploadedImage,
+    now_ms, FlightKey, FlightRecord, IntentKind, Phase, Processing, StateError, Store,
+    UploadedImage,
 };
 use crate::engine::summary::{CreatedProject, PassSummary};
 use crate::engine::{access, naming};
@@ -62,6 +63,16 @@ pub enum StepError {
     /// A person deleted the project or committed task.
     #[error("{0} was deleted in WebODM; it is not recreated until `tapis-webodm-sync forget` is run for this flight")]
     Deleted(String),
+    /// A result written to Tapis is not listed at WebODM's size.
+    #[error("result {asset}: Tapis lists {} after the write, WebODM's asset has {expected} bytes", listed.map_or_else(|| "no file".to_string(), |n| format!("{n} bytes")))]
+    ResultSize {
+        /// The asset.
+        asset: String,
+        /// The size Tapis lists (`None`: nothing, or a folder).
+        listed: Option<u64>,
+        /// WebODM's `Content-Length`.
+        expected: u64,
+    },
 }
 
 fn api(what: impl Into<String>) -> impl FnOnce(ApiError) -> StepError {
@@ -109,6 +120,11 @@ pub struct FlightOutcome {
     bytes_uploaded: u64,
     committed: bool,
     grants_added: usize,
+    restarted: bool,
+    results_written: u64,
+    result_bytes: u64,
+    /// Problems that are no step failure (a results conflict), reported once.
+    problems: Vec<String>,
     error: Option<String>,
 }
 
@@ -122,6 +138,10 @@ impl PassSummary {
         self.bytes_uploaded += o.bytes_uploaded;
         self.tasks_committed += o.committed as usize;
         self.grants_added += o.grants_added;
+        self.tasks_restarted += o.restarted as usize;
+        self.results_written += o.results_written;
+        self.result_bytes += o.result_bytes;
+        self.errors.extend(o.problems);
         self.errors.extend(o.error);
     }
 }
@@ -180,14 +200,15 @@ impl Engine<'_> {
             Ok(()) => {
                 rec.failures = 0;
                 rec.next_attempt_ms = None;
-                if rec.phase != Phase::DeletedInWebodm {
+                // A deleted or failed flight keeps what it says (no error that retries).
+                if !matches!(rec.phase, Phase::DeletedInWebodm | Phase::Failed) {
                     rec.last_error = None;
                     rec.error_since_ms = None;
                 }
             }
             Err(e) => {
                 if matches!(e, StepError::Deleted(_)) {
-                    rec.phase = Phase::DeletedInWebodm;
+                    rec.set_phase(Phase::DeletedInWebodm);
                 }
                 rec.failures += 1;
                 let delay = crate::engine::plan::retry_delay(rec.failures, &self.config.retry);
@@ -239,13 +260,13 @@ impl Engine<'_> {
                 self.store.clear_images(&rec.key)?;
                 rec.task_id = None;
                 rec.images_uploaded = 0;
-                rec.phase = Phase::ProjectCreated;
+                rec.set_phase(Phase::ProjectCreated);
                 self.store.put_flight(rec).await?;
             }
             Step::MarkDeleted { what } => {
                 warn!(system = %rec.key.system, flight = %rec.key.flight,
                       "{what} was deleted in WebODM; not recreating it until `tapis-webodm-sync forget {} {}` is run", rec.key.system, rec.key.flight);
-                rec.phase = Phase::DeletedInWebodm;
+                rec.set_phase(Phase::DeletedInWebodm);
                 rec.last_error = Some(format!(
                     "{what} was deleted in WebODM; run `forget` to sync this flight again"
                 ));
@@ -257,7 +278,10 @@ impl Engine<'_> {
                 rec.generation = *generation;
                 rec.task_id = None;
                 rec.images_uploaded = 0;
-                rec.phase = Phase::ProjectCreated;
+                rec.processing = Default::default();
+                // A failed or canceled earlier task's outcome is no longer the flight's.
+                rec.last_error = None;
+                rec.set_phase(Phase::ProjectCreated);
                 self.store.put_flight(rec).await?;
             }
             Step::WarnChangedAfterCommit => {
@@ -280,6 +304,19 @@ impl Engine<'_> {
                 }
                 rec.access_waiting = waiting.clone();
                 rec.unshared = unshared.clone();
+            }
+            Step::PollTask => self.poll_task(rec).await?,
+            Step::RestartTask { attempt } => {
+                out.restarted = self.restart_task(rec, *attempt).await?;
+            }
+            Step::CopyResults {
+                assets,
+                unavailable,
+            } => {
+                let copied = self.copy_results(rec, assets, unavailable).await?;
+                out.results_written += copied.files;
+                out.result_bytes += copied.bytes;
+                out.problems.extend(copied.conflicts);
             }
         }
         Ok(())
@@ -331,7 +368,7 @@ impl Engine<'_> {
             description: naming::description(
                 &key,
                 &fp.flight.images_path,
-                fp.flight.images.len() as u64,
+                fp.flight.image_count() as u64,
                 &crate::engine::state::rfc3339(rec.first_seen_ms),
             ),
             tags: naming::tags(&key),
@@ -362,7 +399,7 @@ impl Engine<'_> {
         rec.project_id = Some(project.id);
         rec.project_name = Some(project.name.clone());
         rec.task_id = None;
-        rec.phase = Phase::ProjectCreated;
+        rec.set_phase(Phase::ProjectCreated);
         self.store.put_flight(rec).await?;
         self.store
             .close_intent(&key, IntentKind::CreateProject)
@@ -372,7 +409,7 @@ impl Engine<'_> {
             project_name: project.name,
             flight_name: key.flight.clone(),
             system_id: key.system.clone(),
-            image_count: fp.flight.images.len() as u64,
+            image_count: fp.flight.image_count() as u64,
         }))
     }
 
@@ -415,16 +452,17 @@ impl Engine<'_> {
             info!(system = %key.system, flight = %key.flight, task = %task.id, "created task");
             self.store.clear_images(&key)?;
             rec.images_uploaded = 0;
-            rec.phase = Phase::TaskCreated;
+            rec.set_phase(Phase::TaskCreated);
         } else {
             info!(system = %key.system, flight = %key.flight, task = %task.id, partial = task.partial, "adopted existing task");
             rec.verify_uploads = true;
-            rec.phase = if task.partial {
-                Phase::TaskCreated
+            if task.partial {
+                rec.set_phase(Phase::TaskCreated);
             } else {
                 rec.committed_listing = Some(rec.listing);
-                Phase::Committed
-            };
+                rec.processing = Processing::waiting_since(now_ms());
+                rec.set_phase(Phase::Committed);
+            }
         }
         rec.task_id = Some(task.id);
         rec.generation = found_generation;
@@ -456,7 +494,7 @@ impl Engine<'_> {
             task: rec.task_id.clone().expect("Upload follows EnsureTask"),
             images_path: images_path.to_string(),
         };
-        rec.phase = Phase::Uploading;
+        rec.set_phase(Phase::Uploading);
         let concurrency = self.config.webodm.max_concurrent_uploads;
         let mut results: Vec<Result<Option<u64>, StepError>> = Vec::new();
         let mut todo: Vec<&Image> = images.iter().collect();
@@ -593,7 +631,7 @@ impl Engine<'_> {
             }
         };
         let mut out: Vec<Result<Option<u64>, StepError>> =
-            future::join_all(confirmed.iter().map(|img| self.record(key, img))).await;
+            future::join_all(confirmed.iter().map(|img| self.record_upload(key, img))).await;
         for img in alone {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
@@ -631,7 +669,7 @@ impl Engine<'_> {
                 listed: img.size,
             });
         }
-        self.record(&target.key, img).await
+        self.record_upload(&target.key, img).await
     }
 
     /// One image as a part of an upload request: its Tapis download, opened only when the
@@ -671,7 +709,7 @@ impl Engine<'_> {
     }
 
     /// Records an image WebODM confirmed at its listed size; returns its bytes.
-    async fn record(&self, key: &FlightKey, img: &Image) -> Result<Option<u64>, StepError> {
+    async fn record_upload(&self, key: &FlightKey, img: &Image) -> Result<Option<u64>, StepError> {
         self.store
             .mark_uploaded(key, &img.name, &uploaded_record(img))
             .await?;
@@ -725,7 +763,8 @@ impl Engine<'_> {
                 format!("task {task}"),
             ))?;
         info!(system = %key.system, flight = %key.flight, task = %task, images = rec.images_total, "committed task for processing");
-        rec.phase = Phase::Committed;
+        rec.set_phase(Phase::Committed);
+        rec.processing = Processing::waiting_since(now_ms());
         rec.committed_listing = Some(rec.listing);
         rec.change_warned = false;
         self.store.put_flight(rec).await?;
@@ -805,6 +844,7 @@ mod tests {
             name: name.into(),
             size,
             last_modified: "2026-01-01T00:00:00Z".into(),
+            companion: false,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct Scope {
     pub images_dir: String,
     /// Lower-case extensions that count as images.
     pub extensions: Vec<String>,
+    /// Lower-case names of companion files (`geo.txt`, …) uploaded with the images.
+    pub companions: Vec<String>,
     /// Listings in flight at once.
     pub concurrency: usize,
     /// Systems on which the store records flights that are not vanished. A systems listing
@@ -70,6 +72,7 @@ impl Scope {
                 .iter()
                 .map(|e| e.to_ascii_lowercase())
                 .collect(),
+            companions: layout.companions.iter().map(|c| c.to_lowercase()).collect(),
             concurrency: tapis.max_concurrent_requests.max(1),
             known_systems: BTreeSet::new(),
             settled: HashSet::new(),
@@ -115,9 +118,16 @@ impl Scope {
             !stem.is_empty() && self.extensions.contains(&ext.to_ascii_lowercase())
         })
     }
+
+    /// Whether a file of the images folder is a companion file (name matched
+    /// case-insensitively).
+    fn is_companion(&self, name: &str) -> bool {
+        self.companions.contains(&name.to_lowercase())
+    }
 }
 
-/// One image of a flight, as listed on Tapis.
+/// One file of a flight's images folder that goes into its task, as listed on Tapis: an
+/// image, or a companion file (`geo.txt`, `gcp_list.txt`, …) that travels with the images.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     /// File name (also its name in WebODM).
@@ -126,6 +136,8 @@ pub struct Image {
     pub size: u64,
     /// `lastModified` as Tapis sent it.
     pub last_modified: String,
+    /// A companion file named in `layout.companions`, not an image.
+    pub companion: bool,
 }
 
 /// A flight found on Tapis.
@@ -135,7 +147,8 @@ pub struct Flight {
     pub key: FlightKey,
     /// `<Flight>/<images_dir>`.
     pub images_path: String,
-    /// Its images, by name (empty when its folder was not listed this pass).
+    /// Its images and companion files, by name (empty when its folder was not listed this
+    /// pass).
     pub images: Vec<Image>,
     /// Files that look like images but cannot be synced, with the reason.
     pub rejected: Vec<String>,
@@ -152,7 +165,13 @@ impl Flight {
         }
     }
 
-    /// Count, total bytes and newest modification of the images.
+    /// How many of its files are images (companion files left out).
+    pub fn image_count(&self) -> usize {
+        self.images.iter().filter(|i| !i.companion).count()
+    }
+
+    /// Count, total bytes and newest modification of the images and companion files (a
+    /// companion file arriving late delays the commit like an image).
     pub fn fingerprint(&self) -> Fingerprint {
         Fingerprint {
             count: self.images.len() as u64,
@@ -417,7 +436,7 @@ async fn list_flight(tapis: &TapisClient, scope: &Scope, key: FlightKey) -> Foun
     match tapis.list_dir(&key.system, &path).await {
         Ok(entries) => match flight_from_listing(scope, key.clone(), path, entries) {
             Ok((flight, warnings))
-                if flight.images.is_empty()
+                if flight.image_count() == 0
                     && flight.rejected.is_empty()
                     && warnings.is_empty() =>
             {
@@ -467,7 +486,7 @@ pub async fn discover(tapis: &TapisClient, scope: &Scope) -> Result<Desired, Api
                 }
                 desired.warnings.extend(warnings);
                 desired.errors.extend(flight.rejected.iter().cloned());
-                if !flight.images.is_empty() {
+                if flight.image_count() > 0 {
                     flights.insert(flight.key.clone(), flight);
                 }
             }
@@ -502,26 +521,31 @@ fn flight_from_listing(
         images: Vec::with_capacity(entries.len()),
         rejected: vec![],
     };
+    let wanted = |e: &crate::clients::tapis::FileEntry| {
+        e.kind == FileKind::File && (scope.is_image(&e.name) || scope.is_companion(&e.name))
+    };
     let listed: BTreeSet<String> = entries
         .iter()
-        .filter(|e| e.kind == FileKind::File && scope.is_image(&e.name))
+        .filter(|e| wanted(e))
         .map(|e| e.name.clone())
         .collect();
     for e in entries {
-        if e.kind != FileKind::File || !scope.is_image(&e.name) {
+        if !wanted(&e) {
             continue;
         }
+        let companion = !scope.is_image(&e.name);
+        let what = if companion { "companion file" } else { "image" };
         let expected_path = format!("{}/{}", flight.images_path, e.name);
         if e.path.trim_start_matches('/') != expected_path {
             return Err(format!(
-                "{key}: listing {} is not believed: image {:?} is listed with path {:?}, \
+                "{key}: listing {} is not believed: {what} {:?} is listed with path {:?}, \
                  not {expected_path:?}",
                 flight.images_path, e.name, e.path
             ));
         }
         if e.size > MAX_IMAGE_BYTES {
             return Err(format!(
-                "{key}: listing {} is not believed: image {:?} is listed with an absurd size \
+                "{key}: listing {} is not believed: {what} {:?} is listed with an absurd size \
                  of {} bytes",
                 flight.images_path, e.name, e.size
             ));
@@ -535,12 +559,12 @@ fn flight_from_listing(
             };
             flight
                 .rejected
-                .push(format!("{key}: image {:?} skipped: {why}{other}", e.name));
+                .push(format!("{key}: {what} {:?} skipped: {why}{other}", e.name));
             continue;
         }
         if e.size == 0 {
             warnings.push(format!(
-                "{key}: image {:?} skipped for now: it is empty (0 bytes; still being written?)",
+                "{key}: {what} {:?} skipped for now: it is empty (0 bytes; still being written?)",
                 e.name
             ));
             continue;
@@ -549,6 +573,7 @@ fn flight_from_listing(
             name: e.name,
             size: e.size,
             last_modified: e.last_modified,
+            companion,
         });
     }
     flight.images.sort_by(|a, b| a.name.cmp(&b.name));
@@ -618,6 +643,7 @@ mod tests {
             exclude: vec!["ptdatax.project.x".into()],
             images_dir: "code/images".into(),
             extensions: vec!["jpg".into(), "jpeg".into()],
+            companions: vec!["geo.txt".into(), "gcp_list.txt".into()],
             concurrency: 4,
             known_systems: BTreeSet::new(),
             settled: HashSet::new(),
@@ -732,11 +758,57 @@ mod tests {
     }
 
     #[test]
+    fn companion_files_travel_with_the_images_and_other_text_files_do_not() {
+        let key = FlightKey::new("s", "F");
+        let p = |n: &str| format!("F/code/images/{n}");
+        let (f, warnings) = flight_from_listing(
+            &scope(),
+            key.clone(),
+            "F/code/images".into(),
+            vec![
+                entry("IMG_1.jpg", &p("IMG_1.jpg"), 3),
+                entry("Geo.TXT", &p("Geo.TXT"), 5),
+                entry("GCP_List.txt", &p("GCP_List.txt"), 7),
+                entry("notes.txt", &p("notes.txt"), 9),
+                entry("image_groups.txt", &p("image_groups.txt"), 9),
+            ],
+        )
+        .unwrap();
+        assert!(warnings.is_empty());
+        let files: Vec<(&str, bool)> = f
+            .images
+            .iter()
+            .map(|i| (i.name.as_str(), i.companion))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("GCP_List.txt", true),
+                ("Geo.TXT", true),
+                ("IMG_1.jpg", false)
+            ],
+            "`image_groups.txt` is not among this scope's companions; `notes.txt` never is"
+        );
+        assert_eq!(f.image_count(), 1);
+        assert_eq!((f.fingerprint().count, f.fingerprint().bytes), (3, 15));
+        // Companion files alone do not make a flight.
+        let (only, _) = flight_from_listing(
+            &scope(),
+            key,
+            "F/code/images".into(),
+            vec![entry("geo.txt", &p("geo.txt"), 5)],
+        )
+        .unwrap();
+        assert_eq!((only.images.len(), only.image_count()), (1, 0));
+    }
+
+    #[test]
     fn fingerprint_sums_and_takes_newest() {
         let img = |n: &str, size, t: &str| Image {
             name: n.into(),
             size,
             last_modified: t.into(),
+            companion: false,
         };
         let f = Flight {
             key: FlightKey::new("s", "f"),

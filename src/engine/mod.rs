@@ -7,6 +7,8 @@ pub mod discover;
 pub mod naming;
 pub mod pass;
 pub mod plan;
+pub mod processing;
+pub mod results;
 pub mod state;
 pub mod summary;
 

@@ -154,7 +154,7 @@ impl Planning<'_> {
                     warn!(system = %flight.key.system, flight = %flight.key.flight, "{w}");
                 }
                 self.errors.extend(flight.rejected.iter().cloned());
-                if flight.images.is_empty() {
+                if flight.image_count() == 0 {
                     return None;
                 }
                 self.plan_flight(flight, true)
@@ -316,6 +316,8 @@ pub async fn pass(
         settle: sync.settle,
         max_new_projects: sync.max_new_projects_per_pass,
         on_change: sync.on_change_after_commit,
+        restart_failed: config.processing.restart_failed,
+        result_assets: config.results.assets.clone(),
     };
     let dry_run = opts.dry_run || store.is_none();
     let progress = (!dry_run)
@@ -459,6 +461,9 @@ fn finish(
         bytes_uploaded = summary.bytes_uploaded,
         tasks_committed = summary.tasks_committed,
         grants_added = summary.grants_added,
+        tasks_restarted = summary.tasks_restarted,
+        results_written = summary.results_written,
+        result_bytes = summary.result_bytes,
         errors = summary.errors.len(),
         duration_ms = summary.duration_ms,
         tapis_requests = summary.tapis_requests,

@@ -24,6 +24,10 @@ pub struct Settings {
     pub max_new_projects: usize,
     /// What a change after commit leads to.
     pub on_change: OnChange,
+    /// Restarts of a FAILED task before the flight is marked failed.
+    pub restart_failed: u32,
+    /// Result assets copied back to Tapis once processed (empty: none).
+    pub result_assets: Vec<String>,
 }
 
 /// What WebODM holds now: project id → its task ids.
@@ -99,6 +103,21 @@ pub enum Step {
         waiting: BTreeSet<String>,
         /// Users granted earlier whom Tapis no longer lists (their access is kept).
         unshared: BTreeSet<String>,
+    },
+    /// Read the committed task once and record its processing (status, error, time, assets).
+    PollTask,
+    /// The task FAILED: read it, and if it still is, ask WebODM to process it again.
+    RestartTask {
+        /// Which restart of this task this is (1 for the first).
+        attempt: u32,
+    },
+    /// Processing completed: stream these assets from WebODM into
+    /// `<Flight>/<results.dir>/` on Tapis, never overwriting a file the daemon did not write.
+    CopyResults {
+        /// Assets WebODM offers that are not on Tapis yet.
+        assets: Vec<String>,
+        /// Configured assets WebODM does not offer for this task: recorded and reported once.
+        unavailable: Vec<String>,
     },
 }
 
@@ -188,6 +207,23 @@ impl Plan {
     pub fn commits(&self) -> usize {
         self.count(|s| matches!(s, Step::Commit))
     }
+    /// Tasks whose processing this plan reads (polls and restarts).
+    pub fn polls(&self) -> usize {
+        self.count(|s| matches!(s, Step::PollTask | Step::RestartTask { .. }))
+    }
+    /// Restarts of failed tasks this plan attempts.
+    pub fn restarts(&self) -> usize {
+        self.count(|s| matches!(s, Step::RestartTask { .. }))
+    }
+    /// Result assets this plan copies back to Tapis.
+    pub fn result_copies(&self) -> usize {
+        self.steps()
+            .map(|s| match s {
+                Step::CopyResults { assets, .. } => assets.len(),
+                _ => 0,
+            })
+            .sum()
+    }
     /// Grants this plan makes (grantees over all flights).
     pub fn grants(&self) -> usize {
         self.steps()
@@ -197,12 +233,16 @@ impl Plan {
             })
             .sum()
     }
-    /// Whether the plan changes anything in WebODM.
+    /// Whether the plan changes anything in WebODM or writes anything on Tapis (reading a
+    /// task's processing status changes nothing).
     pub fn is_noop(&self) -> bool {
         self.steps().all(|s| {
             matches!(
                 s,
-                Step::WarnChangedAfterCommit | Step::MarkDeleted { .. } | Step::NoteAccess { .. }
+                Step::WarnChangedAfterCommit
+                    | Step::MarkDeleted { .. }
+                    | Step::NoteAccess { .. }
+                    | Step::PollTask
             )
         })
     }
@@ -324,11 +364,13 @@ impl<'a> Planner<'a> {
             }
             Some(r) if r.phase.is_committed() => {
                 let changed = r.committed_listing.is_some_and(|c| c != fingerprint);
+                let mut new_task = false;
                 match settings.on_change {
                     OnChange::Warn if changed && !r.change_warned => {
                         steps.push(Step::WarnChangedAfterCommit);
                     }
                     OnChange::NewTask if changed && settled => {
+                        new_task = true;
                         steps.push(Step::StartUpdateTask {
                             generation: r.generation + 1,
                         });
@@ -340,6 +382,15 @@ impl<'a> Planner<'a> {
                         "images changed after commit; a new task with every image follows once the listing has settled".into(),
                     ),
                     _ => {}
+                }
+                if !new_task {
+                    match after_commit(r, settings, now_ms) {
+                        Ok(Some(step)) => steps.push(step),
+                        Ok(None) => {}
+                        Err(reason) => {
+                            out.waiting = out.waiting.take().or_else(|| wait(reason));
+                        }
+                    }
                 }
             }
             _ => {
@@ -419,6 +470,63 @@ fn access_steps(rec: Option<&FlightRecord>, access: &Access) -> Vec<Step> {
         steps.push(Step::GrantAccess { grantees });
     }
     steps
+}
+
+/// What follows a commit, from what the last read of the task recorded: a read of the task
+/// while it is processing (one per pass), a restart once a failed task's restart is due, and
+/// the copy of the results once it completed. `Err` says why the flight waits.
+fn after_commit(
+    r: &FlightRecord,
+    settings: &Settings,
+    now_ms: i64,
+) -> Result<Option<Step>, String> {
+    let p = &r.processing;
+    if r.follows_processing() {
+        let failed = p.status == Some(30) && p.pending_action.is_none();
+        if !failed || p.restarts >= settings.restart_failed {
+            // A failure without restarts left is recorded as final by the read.
+            return Ok(Some(Step::PollTask));
+        }
+        return match p.restart_at_ms {
+            Some(at) if at > now_ms => Err(format!(
+                "processing failed ({}); restart {} of {} at {}",
+                p.error
+                    .as_deref()
+                    .unwrap_or(crate::engine::processing::NO_MESSAGE),
+                p.restarts + 1,
+                settings.restart_failed,
+                crate::engine::state::rfc3339(at)
+            )),
+            _ => Ok(Some(Step::RestartTask {
+                attempt: p.restarts + 1,
+            })),
+        };
+    }
+    let finished = matches!(r.phase, Phase::Completed | Phase::ResultsWritten);
+    if !finished || settings.result_assets.is_empty() {
+        return Ok(None);
+    }
+    let (mut assets, mut unavailable) = (Vec::new(), Vec::new());
+    for asset in &settings.result_assets {
+        if r.results
+            .get(asset)
+            .is_some_and(|a| a.settled_for(r.generation))
+        {
+            continue;
+        }
+        if p.assets.contains(asset) {
+            assets.push(asset.clone());
+        } else {
+            unavailable.push(asset.clone());
+        }
+    }
+    let pending = !assets.is_empty() || !unavailable.is_empty();
+    Ok(
+        (pending || r.phase == Phase::Completed).then_some(Step::CopyResults {
+            assets,
+            unavailable,
+        }),
+    )
 }
 
 /// Computes the plan of one pass from a whole listing (for tests and benchmarks; a pass plans
@@ -562,6 +670,7 @@ mod tests {
             name: name.into(),
             size,
             last_modified: "2024-05-01T16:55:57Z".into(),
+            companion: name.ends_with(".txt"),
         }
     }
 
@@ -587,6 +696,8 @@ mod tests {
             settle: Duration::from_secs(settle_s),
             max_new_projects: 50,
             on_change: OnChange::Warn,
+            restart_failed: 1,
+            result_assets: vec![],
         }
     }
 
@@ -674,7 +785,8 @@ mod tests {
     #[test]
     fn synced_flight_needs_nothing_and_changed_one_warns_once() {
         let f = flight("s", "F1", &[("a.jpg", 3)]);
-        let mut rec = record(&f, Phase::Committed, 0);
+        // Processed, results off: nothing left to follow.
+        let mut rec = record(&f, Phase::Completed, 0);
         rec.committed_listing = Some(f.fingerprint());
         let mut obs = Observed::default();
         obs.records.insert(f.key.clone(), rec.clone());
@@ -702,13 +814,21 @@ mod tests {
         let mut s = settings(60);
         s.on_change = OnChange::NewTask;
         let early = plan(&grown, &obs, 10, &s);
-        assert!(early.flights[0].steps.is_empty(), "waits to settle");
+        assert_eq!(
+            early.flights[0].steps,
+            [Step::PollTask],
+            "waits to settle, following the committed task meanwhile"
+        );
         assert!(early.waiting[0].reason.contains("after commit"));
         s.settle = Duration::ZERO;
         let p = plan(&grown, &obs, 10, &s);
         let steps = &p.flights[0].steps;
         assert_eq!(steps[0], Step::StartUpdateTask { generation: 1 });
         assert_eq!(steps[1], Step::EnsureTask);
+        assert!(
+            !steps.contains(&Step::PollTask),
+            "the old task is no longer followed"
+        );
         assert!(matches!(
             &steps[2],
             Step::Upload {
@@ -745,9 +865,8 @@ mod tests {
             .map(|i| flight("s", &format!("F{i}"), &[("a.jpg", 1)]))
             .collect();
         let s = Settings {
-            settle: Duration::ZERO,
             max_new_projects: 2,
-            on_change: OnChange::Warn,
+            ..settings(0)
         };
         let p = plan(&desired(flights), &Observed::default(), 0, &s);
         assert_eq!(p.projects(), 2);
@@ -796,6 +915,192 @@ mod tests {
         let p = plan(&desired(vec![f]), &obs, 0, &settings(0));
         assert!(p.flights.is_empty());
         assert!(p.waiting[0].reason.contains("forget"));
+    }
+
+    /// A committed flight as a pass sees it when its folder was not listed (recheck not due).
+    fn committed(phase: Phase) -> (Flight, FlightRecord) {
+        let f = flight("s", "F1", &[("a.jpg", 3), ("geo.txt", 2)]);
+        let mut rec = record(&f, phase, 0);
+        rec.committed_listing = Some(f.fingerprint());
+        (Flight::unlisted(f.key.clone(), "code/images"), rec)
+    }
+
+    fn plan_one(f: &Flight, rec: &FlightRecord, now: i64, s: &Settings) -> Planned {
+        Planner::new(s, None, now).flight(f.clone(), false, Some(rec), None, None)
+    }
+
+    fn steps(p: &Planned) -> Vec<Step> {
+        p.plan.as_ref().map(|f| f.steps.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn processing_is_read_once_per_pass_until_it_ends() {
+        let s = settings(0);
+        for phase in [Phase::Committed, Phase::Processing] {
+            let (f, rec) = committed(phase);
+            assert_eq!(steps(&plan_one(&f, &rec, 10, &s)), [Step::PollTask]);
+        }
+        // Reading changes nothing, also when the images changed after commit.
+        let f = flight("s", "F1", &[("a.jpg", 3)]);
+        let mut rec = record(&f, Phase::Committed, 0);
+        rec.committed_listing = Some(f.fingerprint());
+        let mut obs = Observed::default();
+        obs.records.insert(f.key.clone(), rec);
+        let grown = desired(vec![flight("s", "F1", &[("a.jpg", 3), ("b.jpg", 1)])]);
+        let p = plan(&grown, &obs, 10, &s);
+        assert_eq!(
+            p.flights[0].steps,
+            vec![Step::WarnChangedAfterCommit, Step::PollTask]
+        );
+        assert!(p.is_noop() && p.polls() == 1);
+        for phase in [
+            Phase::Completed,
+            Phase::ResultsWritten,
+            Phase::Failed,
+            Phase::Canceled,
+        ] {
+            let (f, rec) = committed(phase);
+            let p = plan_one(&f, &rec, 10, &s);
+            assert!(steps(&p).is_empty(), "{phase:?} is not followed");
+            assert!(p.waiting.is_none());
+        }
+        // The error policy comes first: a flight whose last read failed waits.
+        let (f, mut rec) = committed(Phase::Processing);
+        rec.next_attempt_ms = Some(20);
+        rec.last_error = Some("HTTP 502".into());
+        let p = plan_one(&f, &rec, 10, &s);
+        assert!(steps(&p).is_empty());
+        assert!(p.waiting.unwrap().reason.contains("HTTP 502"));
+    }
+
+    #[test]
+    fn a_failed_task_is_restarted_when_due_and_up_to_the_limit() {
+        let s = settings(0);
+        let (f, mut rec) = committed(Phase::Processing);
+        rec.processing.status = Some(30);
+        rec.processing.error = Some("Cannot process dataset".into());
+        rec.processing.restart_at_ms = Some(5_000);
+        let early = plan_one(&f, &rec, 4_999, &s);
+        assert!(steps(&early).is_empty());
+        let why = early.waiting.unwrap().reason;
+        assert!(
+            why.contains("Cannot process dataset") && why.contains("restart 1 of 1"),
+            "{why}"
+        );
+        assert_eq!(
+            steps(&plan_one(&f, &rec, 5_000, &s)),
+            [Step::RestartTask { attempt: 1 }]
+        );
+        // A restart waiting for WebODM's worker still shows FAILED: read it again.
+        rec.processing.pending_action = Some(3);
+        assert_eq!(steps(&plan_one(&f, &rec, 5_000, &s)), [Step::PollTask]);
+        // No restart left: the read marks it failed.
+        rec.processing.pending_action = None;
+        rec.processing.restarts = 1;
+        assert_eq!(steps(&plan_one(&f, &rec, 9_000, &s)), [Step::PollTask]);
+        let two = Settings {
+            restart_failed: 2,
+            ..settings(0)
+        };
+        rec.processing.restart_at_ms = Some(8_000);
+        assert_eq!(
+            steps(&plan_one(&f, &rec, 9_000, &two)),
+            [Step::RestartTask { attempt: 2 }]
+        );
+    }
+
+    #[test]
+    fn results_are_copied_once_processed_and_unavailable_ones_reported() {
+        use crate::engine::state::{AssetResult, AssetState};
+        let (f, mut rec) = committed(Phase::Completed);
+        rec.processing.assets = vec!["orthophoto.tif".into(), "dsm.tif".into()];
+        assert!(
+            steps(&plan_one(&f, &rec, 10, &settings(0))).is_empty(),
+            "results off"
+        );
+        let s = Settings {
+            result_assets: vec!["orthophoto.tif".into(), "dtm.tif".into(), "dsm.tif".into()],
+            ..settings(0)
+        };
+        assert_eq!(
+            steps(&plan_one(&f, &rec, 10, &s)),
+            [Step::CopyResults {
+                assets: vec!["orthophoto.tif".into(), "dsm.tif".into()],
+                unavailable: vec!["dtm.tif".into()],
+            }]
+        );
+        let done = |state| AssetResult {
+            generation: 0,
+            path: String::new(),
+            state,
+        };
+        rec.results.insert(
+            "orthophoto.tif".into(),
+            done(AssetState::Written {
+                size: 9,
+                by_daemon: true,
+            }),
+        );
+        rec.results
+            .insert("dtm.tif".into(), done(AssetState::Unavailable));
+        // An intent is no outcome: the daemon's half-written file is written again.
+        rec.results
+            .insert("dsm.tif".into(), done(AssetState::Writing { size: 7 }));
+        assert_eq!(
+            steps(&plan_one(&f, &rec, 10, &s)),
+            [Step::CopyResults {
+                assets: vec!["dsm.tif".into()],
+                unavailable: vec![],
+            }]
+        );
+        rec.results.insert(
+            "dsm.tif".into(),
+            done(AssetState::Conflict {
+                found: Some(1),
+                expected: 7,
+            }),
+        );
+        // Everything settled, still `completed`: the step only moves the phase on.
+        assert_eq!(
+            steps(&plan_one(&f, &rec, 10, &s)),
+            [Step::CopyResults {
+                assets: vec![],
+                unavailable: vec![],
+            }]
+        );
+        rec.phase = Phase::ResultsWritten;
+        assert!(steps(&plan_one(&f, &rec, 10, &s)).is_empty());
+        // A new task (generation) writes its results again.
+        rec.generation = 1;
+        assert!(matches!(
+            &steps(&plan_one(&f, &rec, 10, &s))[..],
+            [Step::CopyResults { assets, unavailable }] if assets.len() == 2 && unavailable.len() == 1
+        ));
+    }
+
+    #[test]
+    fn companion_files_are_uploaded_and_count_toward_settling() {
+        let d = desired(vec![flight("s", "F1", &[("a.jpg", 3), ("geo.txt", 2)])]);
+        let p = plan(&d, &Observed::default(), 1_000, &settings(0));
+        assert!(matches!(
+            &p.flights[0].steps[2],
+            Step::Upload {
+                count: 2,
+                bytes: 5,
+                ..
+            }
+        ));
+        assert_eq!(p.flights[0].fingerprint.count, 2);
+        // A companion file arriving late resets the settle clock like an image.
+        let f = flight("s", "F1", &[("a.jpg", 3)]);
+        let mut obs = Observed::default();
+        obs.records
+            .insert(f.key.clone(), record(&f, Phase::Uploading, 0));
+        obs.uploaded
+            .insert(f.key.clone(), uploaded(&[("a.jpg", 3)]));
+        let p = plan(&d, &obs, 600_000, &settings(600));
+        assert_eq!(p.flights[0].listing_since_ms, 600_000);
+        assert!(!p.flights[0].steps.contains(&Step::Commit));
     }
 
     #[test]
@@ -866,7 +1171,8 @@ mod tests {
     fn grants_cover_who_is_missing_and_notes_who_waits() {
         use crate::clients::webodm::Grantee;
         let f = flight("s", "F1", &[("a.jpg", 1)]);
-        let mut rec = record(&f, Phase::Committed, 0);
+        // Processed (results off): nothing follows but sharing.
+        let mut rec = record(&f, Phase::Completed, 0);
         rec.committed_listing = Some(rec.listing);
         rec.granted = [Grantee::User("alice".into()), Grantee::User("old".into())].into();
         let access = Access {

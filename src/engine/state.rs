@@ -247,6 +247,120 @@ pub struct FlightRecord {
     /// Users granted earlier whom Tapis no longer lists: their access is kept (a person decides).
     #[serde(default)]
     pub unshared: BTreeSet<String>,
+    /// When the phase last changed (unix ms; set by [`FlightRecord::set_phase`]).
+    #[serde(default)]
+    pub phase_since_ms: Option<i64>,
+    /// What the last read of the committed task showed of its processing.
+    #[serde(default)]
+    pub processing: Processing,
+    /// What became of each configured result asset on Tapis, by asset name.
+    #[serde(default)]
+    pub results: BTreeMap<String, AssetResult>,
+}
+
+/// What the daemon knows of a committed task's processing, from its last read of the task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Processing {
+    /// WebODM's `status` then: `None` (no processing node has the task), 10 queued,
+    /// 20 running, 30 failed, 40 completed, 50 canceled.
+    pub status: Option<i64>,
+    /// WebODM's `pending_action` then (3: a restart waits for WebODM's worker); a status is
+    /// final only without one.
+    pub pending_action: Option<i64>,
+    /// WebODM's `last_error` of the last failed attempt (a failed task may have none).
+    pub error: Option<String>,
+    /// Processing time in milliseconds, once WebODM reports it.
+    pub time_ms: Option<i64>,
+    /// Assets WebODM offers for download (recorded when the task completed).
+    pub assets: Vec<String>,
+    /// Restarts of this task the daemon asked for.
+    pub restarts: u32,
+    /// When the next restart of the failed task is due (unix ms).
+    pub restart_at_ms: Option<i64>,
+    /// Since when the task has had no processing node (`status` null; unix ms).
+    pub unassigned_since_ms: Option<i64>,
+    /// It has had none for longer than `processing.no_node_after` (logged once per stretch).
+    pub no_node: bool,
+    /// When the task was last read (unix ms).
+    pub read_ms: Option<i64>,
+}
+
+impl Processing {
+    /// A task just committed (or adopted committed): no node has it yet, since `now_ms`.
+    pub fn waiting_since(now_ms: i64) -> Processing {
+        Processing {
+            unassigned_since_ms: Some(now_ms),
+            ..Processing::default()
+        }
+    }
+}
+
+/// What became of one result asset on Tapis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetResult {
+    /// The task generation it was last handled for (a new task writes its results again).
+    pub generation: u32,
+    /// Its path on Tapis, relative to the flight folder (`code/odm_results/orthophoto.tif`).
+    #[serde(default)]
+    pub path: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub state: AssetState,
+}
+
+/// The state of one result asset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AssetState {
+    /// The daemon is writing it: the intent, flushed before the write, so that a file of
+    /// another size found there later is known as the daemon's own half-written one.
+    Writing {
+        /// WebODM's size of the asset.
+        size: u64,
+    },
+    /// On Tapis at WebODM's size.
+    Written {
+        /// Its size.
+        size: u64,
+        /// The daemon wrote it (else it was found there at the right size).
+        by_daemon: bool,
+    },
+    /// Something the daemon did not write is at the path, of another size (or a folder):
+    /// left untouched.
+    Conflict {
+        /// Size of the file found (`None`: a folder).
+        found: Option<u64>,
+        /// WebODM's size of the asset.
+        expected: u64,
+    },
+    /// WebODM does not offer this asset for the task (e.g. `dtm.tif` without the DTM
+    /// option).
+    Unavailable,
+}
+
+impl AssetResult {
+    /// Whether the asset needs nothing more for task generation `generation` (written, in
+    /// conflict or unavailable then).
+    pub fn settled_for(&self, generation: u32) -> bool {
+        self.generation == generation && !matches!(self.state, AssetState::Writing { .. })
+    }
+
+    /// Whether a file of `size` bytes at `path` (relative to the flight folder) is one the
+    /// daemon wrote there (or began to write), so that it may be replaced.
+    pub fn owns(&self, path: &str, size: u64) -> bool {
+        if self.path != path {
+            return false;
+        }
+        match self.state {
+            AssetState::Writing { .. } => true,
+            AssetState::Written {
+                size: written,
+                by_daemon,
+            } => by_daemon && written == size,
+            AssetState::Conflict { .. } | AssetState::Unavailable => false,
+        }
+    }
 }
 
 impl FlightRecord {
@@ -277,7 +391,25 @@ impl FlightRecord {
             granted: BTreeSet::new(),
             access_waiting: BTreeSet::new(),
             unshared: BTreeSet::new(),
+            phase_since_ms: Some(now_ms),
+            processing: Processing::default(),
+            results: BTreeMap::new(),
         }
+    }
+
+    /// Moves the flight to `phase`, stamping when (the one place phases change).
+    pub fn set_phase(&mut self, phase: Phase) {
+        if self.phase != phase {
+            tracing::debug!(system = %self.key.system, flight = %self.key.flight,
+                            from = self.phase.as_str(), to = phase.as_str(), "phase changed");
+            self.phase = phase;
+            self.phase_since_ms = Some(now_ms());
+        }
+    }
+
+    /// Whether the daemon follows the task's processing: committed and not finished.
+    pub fn follows_processing(&self) -> bool {
+        matches!(self.phase, Phase::Committed | Phase::Processing)
     }
 
     /// The phase as shown to people (`vanished` overrides while the folder is gone).

@@ -42,6 +42,15 @@ pub struct PassSummary {
     /// Permissions added in WebODM (one per user or group given access to a project).
     #[serde(default)]
     pub grants_added: usize,
+    /// Failed tasks WebODM was asked to process again.
+    #[serde(default)]
+    pub tasks_restarted: usize,
+    /// Result files written to Tapis.
+    #[serde(default)]
+    pub results_written: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub result_bytes: u64,
     /// Wall time of the pass.
     pub duration_ms: u64,
     /// HTTP requests sent to Tapis (retries and logins included).

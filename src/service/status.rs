@@ -23,15 +23,18 @@ pub struct StatusRow {
     pub flight_name: String,
     /// Phase (`vanished` while the folder is gone).
     pub phase: String,
-    /// Images WebODM confirmed.
+    /// Files WebODM confirmed (images and companion files).
     pub images_uploaded: u64,
-    /// Images listed.
+    /// Files listed (images and companion files).
     pub images_total: u64,
     /// WebODM project.
     pub project_id: Option<i64>,
     /// WebODM task.
     pub task_id: Option<String>,
-    /// The task's state as far as the daemon knows: `partial` (taking images) or `committed`.
+    /// The task's state as far as the daemon knows: `partial` (taking images), `committed`
+    /// (not read since), then what the last read of it showed: `waiting for a processing
+    /// node`, `no processing node`, `queued`, `running`, `restarting`, `failed`, `completed`,
+    /// `canceled`; `deleted` when a person deleted it.
     pub task_status: Option<String>,
     /// Last error, if the last attempt failed.
     pub last_error: Option<String>,
@@ -57,11 +60,67 @@ pub struct StatusRow {
     /// Users granted earlier whom Tapis no longer lists (their access is kept).
     #[serde(default)]
     pub unshared: Vec<String>,
+    /// Since when the flight has been in its phase (RFC 3339).
+    #[serde(default)]
+    pub phase_since: Option<String>,
+    /// How long WebODM took to process the task (ms), once known.
+    #[serde(default)]
+    pub processing_time_ms: Option<i64>,
+    /// Restarts of the failed task the daemon asked for.
+    #[serde(default)]
+    pub restarts: u32,
+    /// WebODM's error of the last failed processing attempt (also while a restart is due).
+    #[serde(default)]
+    pub processing_error: Option<String>,
+    /// When the failed task's next restart is due (RFC 3339).
+    #[serde(default)]
+    pub restart_at: Option<String>,
+    /// Result assets on Tapis for the current task (written, or found at the right size).
+    #[serde(default)]
+    pub results_written: Vec<String>,
+    /// Result assets left unwritten because a file the daemon did not write is in the way,
+    /// one `results conflict: …` line each.
+    #[serde(default)]
+    pub results_conflicts: Vec<String>,
+    /// Configured result assets WebODM does not offer for the task.
+    #[serde(default)]
+    pub results_unavailable: Vec<String>,
+    /// What needs a person that is no error of the daemon's: "no processing node: …", or the
+    /// results conflicts.
+    #[serde(default)]
+    pub notice: Option<String>,
 }
 
 impl StatusRow {
     /// The row of one record.
     pub fn of(r: &FlightRecord) -> StatusRow {
+        use crate::engine::state::AssetState;
+        let mut written = Vec::new();
+        let mut conflicts = Vec::new();
+        let mut unavailable = Vec::new();
+        for (asset, res) in r
+            .results
+            .iter()
+            .filter(|(_, a)| a.generation == r.generation)
+        {
+            match res.state {
+                AssetState::Written { .. } => written.push(asset.clone()),
+                AssetState::Conflict { found, expected } => conflicts.push(
+                    crate::engine::results::conflict_message(&res.path, asset, found, expected),
+                ),
+                AssetState::Unavailable => unavailable.push(asset.clone()),
+                AssetState::Writing { .. } => {}
+            }
+        }
+        let p = &r.processing;
+        let following = r.phase.is_committed() && r.phase != Phase::DeletedInWebodm;
+        let notice = if p.no_node && r.follows_processing() {
+            Some(crate::engine::processing::NO_NODE.to_string())
+        } else if !conflicts.is_empty() {
+            Some(conflicts.join("; "))
+        } else {
+            None
+        };
         StatusRow {
             system_id: r.key.system.clone(),
             flight_name: r.key.flight.clone(),
@@ -70,13 +129,11 @@ impl StatusRow {
             images_total: r.images_total,
             project_id: r.project_id,
             task_id: r.task_id.clone(),
-            task_status: r.task_id.as_ref().map(|_| {
-                match r.phase {
-                    Phase::DeletedInWebodm => "deleted",
-                    p if p.is_committed() => "committed",
-                    _ => "partial",
-                }
-                .to_string()
+            task_status: r.task_id.as_ref().map(|_| match r.phase {
+                Phase::DeletedInWebodm => "deleted".to_string(),
+                p if p.is_committed() => crate::engine::processing::describe(r)
+                    .unwrap_or_else(|| "committed".to_string()),
+                _ => "partial".to_string(),
             }),
             last_error: r.last_error.clone(),
             next_attempt_at: r.next_attempt_ms.map(crate::engine::state::rfc3339),
@@ -90,6 +147,18 @@ impl StatusRow {
             shared_with: r.granted.iter().map(crate::engine::access::shown).collect(),
             access_waiting: r.access_waiting.iter().cloned().collect(),
             unshared: r.unshared.iter().cloned().collect(),
+            phase_since: r.phase_since_ms.map(crate::engine::state::rfc3339),
+            processing_time_ms: p.time_ms.filter(|_| following),
+            restarts: p.restarts,
+            processing_error: p.error.clone().filter(|_| following),
+            restart_at: p
+                .restart_at_ms
+                .filter(|_| r.follows_processing())
+                .map(crate::engine::state::rfc3339),
+            results_written: written,
+            results_conflicts: conflicts,
+            results_unavailable: unavailable,
+            notice,
         }
     }
 

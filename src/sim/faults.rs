@@ -84,6 +84,10 @@ pub struct Faults {
     /// The systems listing leaves out `isPublic` and `sharedWithUsers` even when selected, as
     /// a Tapis older than tapis-systems 1.3 would: clients must ask `GET /v3/systems/share/{id}`.
     pub listing_without_shares: bool,
+    /// A WebODM asset download sends the first half of its body, then pauses this long (in
+    /// milliseconds) before the rest: a result transfer reliably under way, for kill tests.
+    /// 0 = no pause.
+    pub asset_stall_ms: u64,
 }
 
 impl Default for Faults {
@@ -106,6 +110,7 @@ impl Default for Faults {
             fail_processing_rate: 0.0,
             broken_paths: Vec::new(),
             listing_without_shares: false,
+            asset_stall_ms: 0,
         }
     }
 }

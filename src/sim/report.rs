@@ -154,8 +154,8 @@ pub struct WebodmReport {
 
 impl WebodmReport {
     /// How WebODM differs from every expected flight synced exactly once, byte for byte
-    /// (one project and one committed task per flight, nothing else): one line per
-    /// difference; empty when there is none.
+    /// (one project and one committed task per flight holding its images and companion
+    /// files, nothing else): one line per difference; empty when there is none.
     pub fn mismatches(&self, expected: &Expected) -> Vec<String> {
         let mut out = Vec::new();
         let mut want = |what: &str, got: u64, want: u64| {
@@ -172,6 +172,15 @@ impl WebodmReport {
         want("projects of no expected flight", self.unknown_projects, 0);
         want("corrupt images", self.corrupt_images, 0);
         want("missing images", self.missing_images, 0);
+        want("companion files", self.companions, expected.companions);
+        want(
+            "companion bytes",
+            self.companion_bytes,
+            expected.companion_bytes,
+        );
+        want("corrupt companion files", self.corrupt_companions, 0);
+        want("missing companion files", self.missing_companions, 0);
+        want("stray files", self.stray_files, 0);
         out
     }
 }

@@ -1121,7 +1121,8 @@ fn asset_mime(name: &str) -> &'static str {
 
 /// `GET …/download/<asset>` with a Content-Length, or 404 "Asset does not exist".
 fn asset(sh: &Arc<Shared>, params: &[String], head: bool, cut: Option<Cut>) -> Response {
-    let process_ms = sh.faults.get().process_ms;
+    let faults = sh.faults.get();
+    let (process_ms, stall_ms) = (faults.process_ms, faults.asset_stall_ms);
     let file = {
         let mut st = sh.webodm.lock().expect("webodm lock");
         let task = st
@@ -1162,6 +1163,23 @@ fn asset(sh: &Arc<Shared>, params: &[String], head: bool, cut: Option<Cut>) -> R
             Some(Ok::<_, std::io::Error>(chunk.slice(..take as usize)))
         });
         match cut.map(|c| c.reset) {
+            None if stall_ms > 0 => {
+                // The first half, a pause, then the rest.
+                let (half, mut seen, mut stalled) = (size / 2, 0u64, false);
+                Body::from_stream(stream::iter(chunks).then(move |chunk| {
+                    let pause = !stalled && seen >= half;
+                    stalled |= pause;
+                    if let Ok(c) = &chunk {
+                        seen += c.len() as u64;
+                    }
+                    async move {
+                        if pause {
+                            tokio::time::sleep(Duration::from_millis(stall_ms)).await;
+                        }
+                        chunk
+                    }
+                }))
+            }
             None => Body::from_stream(stream::iter(chunks)),
             // Short of the Content-Length: what was sent leaves, then the connection closes.
             Some(None) => Body::from_stream(

@@ -400,6 +400,7 @@ impl Rig {
         });
         let state = tempfile::tempdir().unwrap();
         let mut config = tapis_webodm_sync::demo::config_for(&sim, state.path()).unwrap();
+        config.results.assets.clear();
         let url: url::Url = format!("http://{addr}").parse().unwrap();
         config.tapis.base_url = url.clone();
         config.webodm.base_url = url;

@@ -32,7 +32,9 @@ impl Rig {
             .await
             .unwrap();
         let state = tempfile::tempdir().unwrap();
-        let config = tapis_webodm_sync::demo::config_for(&sim, state.path()).unwrap();
+        let mut config = tapis_webodm_sync::demo::config_for(&sim, state.path()).unwrap();
+        // Results back to Tapis (on in the demo) are off unless a test turns them on.
+        config.results.assets.clear();
         let clients = Clients::new(&config).unwrap();
         Rig {
             sim,

@@ -60,10 +60,11 @@ impl Filter {
         };
         let system_ok = self.system.is_empty() || row.system_id == self.system;
         let hay = format!(
-            "{}\n{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{}",
             row.system_id,
             row.flight_name,
             row.last_error.as_deref().unwrap_or(""),
+            row.notice.as_deref().unwrap_or(""),
             row.listing_error.as_deref().unwrap_or(""),
             row.shared_with.join("\n")
         )
@@ -92,6 +93,7 @@ pub struct View {
 pub fn rank(row: &StatusRow) -> u8 {
     if row.last_error.is_some()
         || row.listing_error.is_some()
+        || row.notice.is_some()
         || matches!(row.phase.as_str(), "failed" | "deleted_in_webodm")
     {
         0
@@ -436,6 +438,9 @@ fn render_row(h: &mut String, r: &StatusRow, view: &View) {
             ));
         }
     }
+    if let Some(notice) = &r.notice {
+        h.push_str(&format!("<span class=\"message\">{}</span>", e(notice)));
+    }
     h.push_str("</td></tr>");
 }
 
@@ -474,6 +479,15 @@ mod tests {
             unshared: vec![],
             listing_error: None,
             last_checked_at: None,
+            phase_since: None,
+            processing_time_ms: None,
+            restarts: 0,
+            processing_error: None,
+            restart_at: None,
+            results_written: vec![],
+            results_conflicts: vec![],
+            results_unavailable: vec![],
+            notice: None,
         }
     }
 
@@ -516,21 +530,26 @@ mod tests {
     fn filters_and_problems_first() {
         let mut failing = row("s2", "Broken", "uploading");
         failing.last_error = Some("HTTP 500".into());
+        let mut no_node = row("s3", "Nodeless", "committed");
+        no_node.notice = Some("no processing node: grant it one".into());
         let rows = vec![
             row("s1", "Done", "completed"),
             row("s1", "Busy", "uploading"),
             failing,
+            no_node,
         ];
         let html = render(&snap(rows.clone()), &Filter::default(), &view());
         let pos = |n: &str| html.find(&format!(">{n}</td>")).unwrap();
         assert!(pos("Broken") < pos("Busy") && pos("Busy") < pos("Done"));
-        assert!(html.contains("3 of 3 flights"));
+        assert!(pos("Nodeless") < pos("Busy"), "a notice is a problem");
+        assert!(html.contains("no processing node: grant it one"));
+        assert!(html.contains("4 of 4 flights"));
         let f = Filter {
             phase: "problems".into(),
             ..Filter::default()
         };
         let html = render(&snap(rows.clone()), &f, &view());
-        assert!(html.contains("1 of 3 flights") && html.contains(">Broken<"));
+        assert!(html.contains("2 of 4 flights") && html.contains(">Broken<"));
         let f = Filter {
             system: "s1".into(),
             q: "bus".into(),
@@ -538,7 +557,7 @@ mod tests {
         };
         let html = render(&snap(rows), &f, &view());
         assert!(
-            html.contains("1 of 3 flights") && html.contains(">Busy<"),
+            html.contains("1 of 4 flights") && html.contains(">Busy<"),
             "{html}"
         );
     }

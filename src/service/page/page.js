@@ -19,7 +19,7 @@
   }
 
   function rank(r) {
-    if (r.last_error || r.listing_error || r.phase === "failed" || r.phase === "deleted_in_webodm") return 0;
+    if (r.last_error || r.listing_error || r.notice || r.phase === "failed" || r.phase === "deleted_in_webodm") return 0;
     if (["completed", "results_written", "canceled", "vanished"].includes(r.phase)) return 2;
     return 1;
   }
@@ -27,7 +27,7 @@
   function matches(r, f) {
     const phaseOk = !f.phase || (f.phase === "problems" ? rank(r) === 0 : r.phase === f.phase);
     const systemOk = !f.system || r.system_id === f.system;
-    const hay = [r.system_id, r.flight_name, r.last_error || "", r.listing_error || "",
+    const hay = [r.system_id, r.flight_name, r.last_error || "", r.listing_error || "", r.notice || "",
       (r.shared_with || []).join("\n")]
       .join("\n").toLowerCase();
     const qOk = f.q.split(/\s+/).filter(Boolean).every((w) => hay.includes(w.toLowerCase()));
@@ -174,6 +174,7 @@
       if (r.error_since) err.append(el("span", "when", "since " + when(r.error_since)));
       if (r.next_attempt_at) err.append(el("span", "when", "next attempt " + when(r.next_attempt_at)));
     }
+    if (r.notice) err.append(el("span", "message", r.notice));
     tr.append(el("td", "system", r.system_id), el("td", "flight-name", r.flight_name), phase, images,
       link, el("td", "shared", sharedText(r)), err);
     return tr;
