@@ -742,6 +742,10 @@ pub struct SimArgs {
     /// Share of tasks whose first processing attempt FAILS (a restart completes), from 0 to 1.
     #[arg(long, default_value_t = 0.0, value_name = "F", value_parser = parse_rate)]
     pub fail_processing_rate: f64,
+    /// Put companion files (geo.txt, gcp_list.txt, image_groups.txt, a decoy notes.txt) beside
+    /// the images of some flights.
+    #[arg(long)]
+    pub companions: bool,
     /// Write a daemon config pointing at the simulator here (with a fresh state dir beside it).
     #[arg(long)]
     pub write_config: Option<PathBuf>,
@@ -783,7 +787,7 @@ pub async fn serve_cli(args: SimArgs) -> std::io::Result<()> {
         image_size: args.image_size,
         big_flight_images: None,
         decoys: true,
-        companions: false,
+        companions: args.companions,
     };
     let faults = args.faults();
     let sim = Sim::start_with(&spec, args.listen, faults.clone()).await?;
