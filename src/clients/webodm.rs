@@ -598,20 +598,22 @@ impl WebodmClient {
     /// exactly yourself; every site has an `AnonymousUser`). A site that turned its users API
     /// off answers 404: an error with `is_not_found()`.
     pub async fn find_users(&self, search: &str) -> Result<Vec<WebodmUser>, ApiError> {
-        let url = self.url(&["api", "users"]);
-        self.read(|| {
-            self.inner
-                .svc
-                .request(Method::GET, url.clone())
-                .query(&[("search", search), ("limit", SEARCH_LIMIT)])
-        })
-        .await
+        self.search("users", search).await
     }
 
     /// Groups whose name starts with `search`, any case (compare names exactly yourself); 404
     /// (`is_not_found()`) when the users API is off.
     pub async fn find_groups(&self, search: &str) -> Result<Vec<WebodmGroup>, ApiError> {
-        let url = self.url(&["api", "groups"]);
+        self.search("groups", search).await
+    }
+
+    /// `GET /api/{route}/?search=&limit=`: users' or groups' search by prefix.
+    async fn search<T: DeserializeOwned>(
+        &self,
+        route: &str,
+        search: &str,
+    ) -> Result<Vec<T>, ApiError> {
+        let url = self.url(&["api", route]);
         self.read(|| {
             self.inner
                 .svc

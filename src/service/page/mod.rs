@@ -282,15 +282,15 @@ fn render_summary(h: &mut String, snap: &Snapshot) {
 
 fn render_passes(h: &mut String, passes: &[LastPass], now_ms: i64) {
     h.push_str("<section id=\"passes\"><h2>Last passes</h2>");
-    h.push_str("<table id=\"pass-table\"><thead><tr><th>Finished</th><th>Took</th><th>Systems</th><th>Flights</th><th>Created</th><th>Uploaded</th><th>Committed</th><th>Errors</th></tr></thead><tbody id=\"pass-rows\">");
+    h.push_str("<table id=\"pass-table\"><thead><tr><th>Finished</th><th>Took</th><th>Systems</th><th>Flights</th><th>Created</th><th>Uploaded</th><th>Committed</th><th>Shared, processed</th><th>Errors</th></tr></thead><tbody id=\"pass-rows\">");
     if passes.is_empty() {
-        h.push_str("<tr class=\"empty\"><td colspan=\"8\">No pass finished yet.</td></tr>");
+        h.push_str("<tr class=\"empty\"><td colspan=\"9\">No pass finished yet.</td></tr>");
     }
     for p in passes {
         let s = &p.summary;
         let errors = p.errors_total.max(s.errors.len());
         h.push_str(&format!(
-            "<tr class=\"pass{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} projects, {} tasks</td><td>{} images ({})</td><td>{}</td><td class=\"errors\">",
+            "<tr class=\"pass{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} projects, {} tasks</td><td>{} images ({})</td><td>{}</td><td>{} grants, {} restarts, {} results ({})</td><td class=\"errors\">",
             if errors > 0 { " has-errors" } else { "" },
             escape(&when(&p.finished_at, now_ms)),
             escape(&duration_ms(s.duration_ms)),
@@ -301,6 +301,10 @@ fn render_passes(h: &mut String, passes: &[LastPass], now_ms: i64) {
             s.images_uploaded,
             HumanBytes(s.bytes_uploaded),
             s.tasks_committed,
+            s.grants_added,
+            s.tasks_restarted,
+            s.results_written,
+            HumanBytes(s.result_bytes),
         ));
         if errors == 0 {
             h.push('0');

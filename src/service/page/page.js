@@ -105,7 +105,7 @@
     const rows = [];
     if (!s.passes.length) {
       const tr = el("tr", "empty"), td = el("td", null, "No pass finished yet.");
-      td.colSpan = 8; tr.append(td); rows.push(tr);
+      td.colSpan = 9; tr.append(td); rows.push(tr);
     }
     for (const p of s.passes) {
       const errors = Math.max(p.errors_total || 0, p.errors.length);
@@ -114,7 +114,9 @@
         el("td", null, p.systems_scanned), el("td", null, p.flights_discovered),
         el("td", null, p.projects_created + " projects, " + p.tasks_created + " tasks"),
         el("td", null, p.images_uploaded + " images (" + bytes(p.bytes_uploaded) + ")"),
-        el("td", null, p.tasks_committed));
+        el("td", null, p.tasks_committed),
+        el("td", null, (p.grants_added || 0) + " grants, " + (p.tasks_restarted || 0) + " restarts, " +
+          (p.results_written || 0) + " results (" + bytes(p.result_bytes || 0) + ")"));
       const td = el("td", "errors", errors ? null : "0");
       if (errors) {
         const det = el("details"), ul = el("ul");
