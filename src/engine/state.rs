@@ -486,10 +486,7 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let lock = lock_dir(dir)?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .flush_every_ms(Some(500))
-            .open()?;
+        let db = open_sled(&dir.join("db"))?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             None => {
@@ -720,6 +717,28 @@ fn decode<T: serde::de::DeserializeOwned>(v: &[u8], what: &str) -> Result<T, Sta
     })
 }
 
+/// Opens sled's database. The state dir's own lock is held, so a sled lock still taken can only
+/// be this process's previous store of the same dir, whose background flusher thread lets go of
+/// the file a moment after the store was dropped: wait for it (a few seconds at most).
+fn open_sled(path: &Path) -> Result<sled::Db, StateError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(500))
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Takes `<dir>/lock` exclusively and writes this process's pid into it.
 fn lock_dir(dir: &Path) -> Result<File, StateError> {
     let path = dir.join("lock");
@@ -859,6 +878,20 @@ mod tests {
                 ("flight/a/committed".to_string(), 1),
                 ("flight/b/committed".to_string(), 2)
             ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopening_right_after_a_drop_is_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            let store = Store::open(dir.path()).unwrap();
+            let rec = FlightRecord::new(FlightKey::new("s", format!("f{i}")), i);
+            store.put_flight(&rec).await.unwrap();
+        }
+        assert_eq!(
+            Store::open(dir.path()).unwrap().flights().unwrap().len(),
+            50
         );
     }
 
