@@ -231,13 +231,14 @@ pub fn print(r: &DemoResult) {
     );
     for (i, p) in r.passes.iter().enumerate() {
         println!(
-            "pass {}: {} projects and {} tasks created, {} files ({}) uploaded, {} tasks committed, {} restarted, {} results ({}) written to Tapis, {} errors, {} Tapis + {} WebODM requests, {:.2} s",
+            "pass {}: {} projects and {} tasks created, {} files ({}) uploaded, {} tasks committed, {} grants, {} restarted, {} results ({}) written to Tapis, {} errors, {} Tapis + {} WebODM requests, {:.2} s",
             i + 1,
             p.projects_created,
             p.tasks_created,
             p.images_uploaded,
             HumanBytes(p.bytes_uploaded),
             p.tasks_committed,
+            p.grants_added,
             p.tasks_restarted,
             p.results_written,
             HumanBytes(p.result_bytes),
