@@ -245,6 +245,23 @@ async fn results_reach_tapis_once_byte_for_byte_and_unavailable_ones_are_reporte
     let written: u64 = passes.iter().map(|p| p.results_written).sum();
     let bytes: u64 = passes.iter().map(|p| p.result_bytes).sum();
     assert_eq!(written, 4, "two assets of two flights: {passes:#?}");
+    // Result copies are transfers (their own slots, `bwlimit`), not rate-limited requests:
+    // every asset download from WebODM and every upload to Tapis counted as a transfer.
+    let images = rig.sim.dataset().expected().images;
+    assert_eq!(
+        rig.clients.webodm.counts().transfers,
+        route_count(
+            &rig.sim,
+            "POST /api/projects/{project}/tasks/{task}/upload/",
+            None
+        ) + written,
+        "image uploads and asset downloads"
+    );
+    assert_eq!(
+        rig.clients.tapis.counts().transfers,
+        images + written,
+        "image downloads and result uploads"
+    );
     let report = rig.sim.report();
     let mut on_tapis = 0;
     for f in &report.flights {

@@ -411,6 +411,8 @@ impl TapisClient {
         let url = svc.url(&segments(&["v3", "files", "ops", system], path), false);
         let op = format!("POST {}", url.path());
         let name = path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("file");
+        // A transfer: under `bwlimit`, on a transfer slot, no rate-limiter token.
+        let body = svc.throttle(body);
         let part = Part::stream_with_length(reqwest::Body::wrap_stream(body), len)
             .file_name(name.to_string())
             .mime_str("application/octet-stream")
@@ -424,7 +426,7 @@ impl TapisClient {
             .request(Method::POST, url)
             .header("X-Tapis-Token", secret_header(SERVICE, "", &token)?)
             .multipart(form);
-        let err = match svc.send(req).await {
+        let err = match svc.send_on(Lane::Transfer, req).await {
             Ok(reply) => return succeeded(reply).await,
             Err(e) => e,
         };

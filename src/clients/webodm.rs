@@ -675,9 +675,11 @@ impl WebodmClient {
             false,
         );
         let svc = &self.inner.svc;
+        // A transfer: a transfer slot (kept until the body is dropped) and `bwlimit`, no
+        // rate-limiter token.
         let reply = svc
             .retry(|| async {
-                self.call(|| svc.request(Method::GET, url.clone()))
+                self.call_on(Lane::Transfer, || svc.request(Method::GET, url.clone()))
                     .await?
                     .refuse_html()
                     .await
@@ -725,13 +727,23 @@ impl WebodmClient {
     /// Sends an authenticated request; when the token is refused (403), logs in again and
     /// sends it once more.
     async fn call(&self, make: impl Fn() -> RequestBuilder) -> Result<Reply, ApiError> {
+        self.call_on(Lane::Api, make).await
+    }
+
+    /// Like [`WebodmClient::call`], on `lane` (a transfer waits for a transfer slot, not the
+    /// rate limiter).
+    async fn call_on(
+        &self,
+        lane: Lane,
+        make: impl Fn() -> RequestBuilder,
+    ) -> Result<Reply, ApiError> {
         let token = self.token().await?;
-        match self.send_with(&make, &token).await {
+        match self.send_with(lane, &make, &token).await {
             Err(e) if token_refused(&e) => {
                 tracing::debug!(service = SERVICE, error = %e, "token refused; logging in again");
                 self.forget(&token).await;
                 let token = self.token().await?;
-                self.send_with(&make, &token).await
+                self.send_with(lane, &make, &token).await
             }
             other => other,
         }
@@ -739,13 +751,14 @@ impl WebodmClient {
 
     async fn send_with(
         &self,
+        lane: Lane,
         make: &impl Fn() -> RequestBuilder,
         token: &Secret,
     ) -> Result<Reply, ApiError> {
         let header = secret_header(SERVICE, "JWT ", token)?;
         self.inner
             .svc
-            .send(make().header(reqwest::header::AUTHORIZATION, header))
+            .send_on(lane, make().header(reqwest::header::AUTHORIZATION, header))
             .await
     }
 
