@@ -753,25 +753,40 @@ fn lock_dir(dir: &Path) -> Result<File, StateError> {
         .truncate(false)
         .open(&path)
         .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {
-            file.set_len(0).map_err(io)?;
-            file.rewind().map_err(io)?;
-            writeln!(file, "{}", std::process::id()).map_err(io)?;
-            file.flush().map_err(io)?;
-            Ok(file)
+    // The lock is held by this process itself only when one of its stores of this dir was just
+    // dropped and a child it is starting still has the descriptor between fork and exec: wait
+    // for that a moment. Another process's lock is reported at once.
+    let deadline = std::time::Instant::now() + OWN_LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).map_err(io)?;
+                file.rewind().map_err(io)?;
+                writeln!(file, "{}", std::process::id()).map_err(io)?;
+                file.flush().map_err(io)?;
+                return Ok(file);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                file.rewind().map_err(io)?;
+                let _ = file.read_to_string(&mut text);
+                let holder: Option<u32> = text.trim().parse().ok();
+                if holder == Some(std::process::id()) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                return Err(StateError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            Err(StateError::Locked {
-                dir: dir.to_path_buf(),
-                holder: text.trim().parse().ok(),
-            })
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }
+
+/// How long [`lock_dir`] waits for a lock this process itself holds.
+const OWN_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// The current time as unix milliseconds.
 pub fn now_ms() -> i64 {
