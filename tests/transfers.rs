@@ -248,3 +248,40 @@ async fn webodm_bwlimit_caps_upload_bytes_per_second() {
         "{bytes} bytes in {took:?} (at least {least:?})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_webodm_refuses_for_good_is_not_resent_image_by_image() {
+    let spec = spec(1, 4, 3_000);
+    let mut rig = Rig::new(&spec).await;
+    quick_retries(&mut rig);
+    // Uploaded but not committed (the listing must stay unchanged for an hour first).
+    rig.config.sync.settle = Duration::from_secs(3600);
+    rig.reconnect();
+    assert_no_errors(&rig.pass().await);
+    // New images arrive, and meanwhile a person commits the task: WebODM now refuses uploads
+    // to it (400 "Task is not in partial state"), whatever the image.
+    rig.sim.replace_dataset(&DatasetSpec {
+        images_per_flight: 12,
+        ..spec
+    });
+    let p = rig.sim.webodm_projects().pop().unwrap();
+    rig.clients
+        .webodm
+        .commit_task(p.id, &p.tasks[0].id)
+        .await
+        .unwrap();
+    let before = sent(&rig.sim, UPLOAD);
+    let s = rig.pass().await;
+    assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
+    assert!(
+        s.errors[0].contains("not in partial state"),
+        "{:?}",
+        s.errors
+    );
+    assert_eq!(
+        sent(&rig.sim, UPLOAD) - before,
+        1,
+        "one batch request, not one more per image"
+    );
+    rig.sim.shutdown().await;
+}

@@ -622,6 +622,14 @@ impl Engine<'_> {
                 }
                 (confirmed, alone)
             }
+            // WebODM refused the request itself for good (the task is gone, no longer partial…):
+            // one image at a time would be refused the same way.
+            Err(e) if e.service() == "WebODM" && !e.is_retryable() => {
+                return group
+                    .iter()
+                    .map(|img| Err(api(format!("uploading image {}", img.name))(e.clone())))
+                    .collect();
+            }
             Err(e) => {
                 // Its images are sent again, one by one: count that as the retry it is.
                 crate::metrics::retry(e.service(), e.class());
