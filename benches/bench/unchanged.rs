@@ -31,12 +31,11 @@ struct Baseline {
 /// The original integration, re-implemented: a password-grant token, then sequentially: the
 /// systems listing, the root of each system, and for each folder `<Flight>/code` and (when it
 /// holds `images`) `<Flight>/code/images`. Plain reqwest, one request at a time.
-async fn baseline(sim: &Sim, only: &[String]) -> R<Baseline> {
+async fn baseline(sim: &Sim) -> R<Baseline> {
     let http = reqwest::Client::new();
     let base: url::Url = sim.base_url().parse().map_err(err)?;
     let c = sim.credentials();
     let t = Instant::now();
-    let mut requests = 0u64;
     let tok: Value = http
         .post(base.join("/v3/oauth2/tokens").map_err(err)?)
         .json(&json!({"grant_type": "password", "username": c.tapis_username, "password": c.tapis_password}))
@@ -47,7 +46,6 @@ async fn baseline(sim: &Sim, only: &[String]) -> R<Baseline> {
         .json()
         .await
         .map_err(err)?;
-    requests += 1;
     let token = tok["result"]["access_token"]["access_token"]
         .as_str()
         .ok_or("no access token")?
@@ -99,7 +97,6 @@ async fn baseline(sim: &Sim, only: &[String]) -> R<Baseline> {
         )
         .await?
         .unwrap_or_default();
-        requests += 1;
         system_pages += 1;
         let n = page.len();
         systems.extend(page);
@@ -111,7 +108,6 @@ async fn baseline(sim: &Sim, only: &[String]) -> R<Baseline> {
         .iter()
         .filter(|s| s["enabled"].as_bool() != Some(false))
         .filter_map(|s| s["id"].as_str().map(str::to_owned))
-        .filter(|id| only.is_empty() || only.contains(id))
         .collect();
     let names = |entries: &[Value], kind: &str| -> Vec<String> {
         entries
@@ -125,11 +121,9 @@ async fn baseline(sim: &Sim, only: &[String]) -> R<Baseline> {
         let root = get(url(&["v3", "files", "ops", sys, ""]), vec![])
             .await?
             .unwrap_or_default();
-        requests += 1;
         for folder in names(&root, "dir") {
             folders += 1;
             let code = get(url(&["v3", "files", "ops", sys, &folder, "code"]), vec![]).await?;
-            requests += 1;
             let Some(code) = code else { continue };
             if !names(&code, "dir").iter().any(|n| n == "images") {
                 continue;
@@ -140,7 +134,6 @@ async fn baseline(sim: &Sim, only: &[String]) -> R<Baseline> {
             )
             .await?
             .unwrap_or_default();
-            requests += 1;
             let n = names(&listing, "file")
                 .iter()
                 .filter(|n| {
@@ -154,7 +147,6 @@ async fn baseline(sim: &Sim, only: &[String]) -> R<Baseline> {
             }
         }
     }
-    let _ = requests; // the simulator's count is reported; this one is only a cross-check
     Ok(Baseline {
         wall: t.elapsed(),
         system_pages,
@@ -248,7 +240,7 @@ pub async fn section(opts: &Opts, scale: &Scale, prod: Limits) -> R<Out> {
     // (3 passes), then at the shipped defaults (3 passes, each from the steady state).
     eprintln!("[unchanged] baseline (sequential, original integration)…");
     let before = sim.stats();
-    let base = baseline(&sim, &[]).await?;
+    let base = baseline(&sim).await?;
     let base_counts = Counts::between(&before, &sim.stats());
     eprintln!("[unchanged] baseline {}", secs(base.wall));
 
