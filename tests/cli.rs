@@ -263,6 +263,40 @@ async fn sim_prints_its_url_first_and_writes_a_config() {
     assert!(!stdout(&o).contains("tapis-secret"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_without_decoys_serves_only_the_regular_flights() {
+    let mut child = Command::new(BIN)
+        .args([
+            "sim",
+            "--systems",
+            "2",
+            "--flights",
+            "3",
+            "--images",
+            "2",
+            "--no-decoys",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let url = first.trim().strip_prefix("SIM ").unwrap().to_owned();
+    let report: Value = reqwest::get(format!("{url}/__sim/report"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(out);
+    assert_eq!(report["expected"]["flights"], 6, "{}", report["expected"]);
+    assert_eq!(report["expected"]["images"], 12, "{}", report["expected"]);
+}
+
 #[test]
 fn sim_rejects_out_of_range_fault_rates() {
     let o = run(&["sim", "--error-rate", "2"]);

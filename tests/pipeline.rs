@@ -179,15 +179,13 @@ async fn passes_over_one_period(rig: &Rig, period: Duration) -> BTreeMap<FlightK
         assert_no_errors(&s);
         let after = records(rig);
         let mut listed_now = 0;
+        let mut due_but_left = Vec::new();
         for (key, b) in &before {
             let last = b.last_checked_ms.expect("committed flights were checked");
             let next = next_recheck(key, last, period);
             let now_listed = after[key].last_checked_ms != b.last_checked_ms;
-            if next <= t0 {
-                assert!(
-                    now_listed,
-                    "{key} was due at {next} (pass at {t0}) but not listed"
-                );
+            if next <= t0 && !now_listed {
+                due_but_left.push(key.clone());
             } else if next > t1 {
                 assert!(
                     !now_listed,
@@ -199,6 +197,14 @@ async fn passes_over_one_period(rig: &Rig, period: Duration) -> BTreeMap<FlightK
                 *listed.entry(key.clone()).or_default() += 1;
             }
         }
+        // A due flight waits only when this pass already listed its share,
+        // ⌈flights × interval / recheck⌉.
+        let share = (before.len() as u128 * rig.config.sync.interval.as_millis())
+            .div_ceil(period.as_millis()) as usize;
+        assert!(
+            due_but_left.is_empty() || listed_now >= share,
+            "{due_but_left:?} were due but not listed, with only {listed_now} listed"
+        );
         // The systems listing (which carries who each system is shared with), one root per
         // system, one listing per flight that came due (and a login at most): the others are
         // not listed.

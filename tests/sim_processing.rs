@@ -503,3 +503,29 @@ async fn assets_download_with_content_length_and_stable_bytes() {
     assert_eq!((faults["truncate"], faults["reset"]), (1, 1));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn asset_size_sets_every_asset_but_the_empty_ones() {
+    let sim = Sim::start_with(
+        &spec(),
+        local(),
+        Faults {
+            process_ms: 50,
+            asset_size: Some(4 << 20),
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let api = Api::login(&sim).await;
+    let (pid, tid) = api.task(&sim, 0, json!([]), &["IMG_0001.jpg"]).await;
+    api.action(pid, &tid, "commit").await;
+    api.until(pid, &tid, 40).await;
+    for asset in ["orthophoto.tif", "cameras.json", "all.zip"] {
+        let body = api.download(pid, &tid, asset).await.bytes().await.unwrap();
+        let len = body.len() as u64;
+        assert!((3 << 20..=5 << 20).contains(&len), "{asset}: {len}");
+    }
+    let r = api.download(pid, &tid, "report.pdf").await;
+    assert!(r.bytes().await.unwrap().is_empty(), "empty stays empty");
+}

@@ -645,3 +645,65 @@ async fn report_checks_uploads_against_source() {
     assert_eq!(stats["leaked_credentials"], 0);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn upload_cost_is_charged_per_request_file_and_byte() {
+    let sim = Sim::start(&spec(), local()).await.unwrap();
+    let api = Api::login(&sim).await;
+    let pid = api.project("P", json!([])).await;
+    let tid = api.task(pid).await;
+    let files = |n: usize| -> Vec<(String, Vec<u8>)> {
+        (0..n)
+            .map(|i| (format!("IMG_{i}.jpg"), vec![1; 10]))
+            .collect()
+    };
+    let timed = |n: usize| {
+        let api = &api;
+        let tid = tid.clone();
+        async move {
+            let t = std::time::Instant::now();
+            let (s, v) = api.upload(pid, &tid, files(n)).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            assert_eq!(v["uploaded"].as_object().unwrap().len(), n);
+            t.elapsed()
+        }
+    };
+    sim.set_faults(Faults {
+        upload_request_ms: 300,
+        ..Faults::default()
+    });
+    assert!(timed(1).await >= Duration::from_millis(300));
+    sim.set_faults(Faults {
+        upload_file_ms: 100,
+        ..Faults::default()
+    });
+    assert!(timed(4).await >= Duration::from_millis(400));
+    sim.set_faults(Faults {
+        upload_bytes_per_sec: 100,
+        ..Faults::default()
+    });
+    // 3 files of 10 bytes at 100 bytes/s.
+    assert!(timed(3).await >= Duration::from_millis(300));
+    // Every file stored (IMG_0 twice: overwritten).
+    let projects = sim.webodm_projects();
+    assert_eq!(projects[0].tasks[0].images.len(), 4);
+}
+
+#[tokio::test]
+async fn deleting_a_project_answers_204_then_404() {
+    let sim = Sim::start(&spec(), local()).await.unwrap();
+    let api = Api::login(&sim).await;
+    let pid = api.project("P", json!([])).await;
+    api.task(pid).await;
+    let path = format!("/api/projects/{pid}/");
+    let r = api.req(Method::DELETE, &path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(
+        sim.webodm_projects().is_empty(),
+        "the project and its task are gone"
+    );
+    let (s, _) = api.send(Method::GET, &path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let r = api.req(Method::DELETE, &path).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

@@ -18,7 +18,7 @@ use crate::engine::access::{Access, Resolver};
 use crate::engine::apply::Engine;
 use crate::engine::discover::{self, Flight, Found, Scope};
 use crate::engine::plan::{
-    recheck_due, FlightPlan, Observed, Plan, Planner, Settings, Step, WebodmView,
+    unlisted, FlightPlan, Observed, Plan, Planner, Settings, Step, WebodmView,
 };
 use crate::engine::state::{now_ms, FlightKey, FlightRecord, StateError, Store, UploadedImage};
 use crate::engine::PassSummary;
@@ -289,11 +289,13 @@ pub async fn pass(
         .map(|r| r.key.system.clone())
         .collect();
     if !opts.full {
-        scope.settled = records
-            .values()
-            .filter(|r| !recheck_due(r, now, sync.recheck_committed, sync.on_change_after_commit))
-            .map(|r| r.key.clone())
-            .collect();
+        scope.settled = unlisted(
+            records.values(),
+            now,
+            sync.recheck_committed,
+            sync.interval,
+            sync.on_change_after_commit,
+        );
     }
     let with_projects = records.values().any(|r| r.project_id.is_some());
     let (systems, view) = tokio::join!(discover::systems_in_scope(&clients.tapis, &scope), async {

@@ -4,7 +4,7 @@
 //! object); [`retry_delay`] is the matching error policy. A new flight with `settle = 0` is
 //! created, uploaded and committed in one pass; the pass after that has nothing to do.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -559,17 +559,22 @@ pub fn plan(desired: &Desired, observed: &Observed, now_ms: i64, settings: &Sett
     out
 }
 
-/// Whether a settled flight (committed, or deleted in WebODM) needs its images folder listed
-/// this pass: when `recheck` is zero, when it was never checked, when it is not settled (a
-/// change after commit still waits for its new task), and once per `recheck` period at a point
-/// of the period fixed by its key — so each pass lists about `interval / recheck` of the
-/// settled flights, never all at once.
-pub fn recheck_due(
-    rec: &FlightRecord,
-    now_ms: i64,
-    recheck: Duration,
-    on_change: OnChange,
-) -> bool {
+/// Whether a flight's images folder is listed this pass, as far as its own record tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Always listed: not settled (uncommitted, or a change after commit waits for its new
+    /// task), never checked, vanished, its last listing failed, or `recheck` is zero.
+    Always,
+    /// Settled, and its recheck came due at this time (unix ms).
+    Due(i64),
+    /// Settled, and not due before this time (unix ms).
+    NotDue(i64),
+}
+
+/// Where a flight stands against its recheck (`sync.recheck_committed`): a settled flight
+/// (committed, or deleted in WebODM) is listed once per `recheck` period, at a point of the
+/// period fixed by its key, so each pass lists about `interval / recheck` of them.
+pub fn recheck(rec: &FlightRecord, now_ms: i64, recheck: Duration, on_change: OnChange) -> Recheck {
     let settled_phase = rec.phase.is_committed() || rec.phase == Phase::DeletedInWebodm;
     let unchanged = rec.committed_listing == Some(rec.listing)
         || (on_change == OnChange::Warn && rec.change_warned)
@@ -580,14 +585,76 @@ pub fn recheck_due(
         || rec.vanished_ms.is_some()
         || rec.listing_error.is_some()
     {
-        return true;
+        return Recheck::Always;
     }
     let Some(last) = rec.last_checked_ms else {
-        return true;
+        return Recheck::Always;
     };
-    let period = recheck.as_millis().max(1) as i64;
-    let slot = recheck_slot(&rec.key, period);
-    (now_ms - slot).div_euclid(period) > (last - slot).div_euclid(period)
+    let next = next_recheck(&rec.key, last, recheck);
+    if next <= now_ms {
+        Recheck::Due(next)
+    } else {
+        Recheck::NotDue(next)
+    }
+}
+
+/// Whether a flight's images folder needs listing this pass, by its own record alone (see
+/// [`recheck`]; [`unlisted`] also spreads the due ones).
+pub fn recheck_due(
+    rec: &FlightRecord,
+    now_ms: i64,
+    recheck_every: Duration,
+    on_change: OnChange,
+) -> bool {
+    !matches!(
+        recheck(rec, now_ms, recheck_every, on_change),
+        Recheck::NotDue(_)
+    )
+}
+
+/// The settled flights whose images folder this pass does not list: those not due, and — when
+/// more came due than `⌈settled × interval / recheck⌉` (slots fall where their hashes put them,
+/// so some windows of the period hold more) — the ones that came due last, left for the next
+/// pass. A flight a whole period overdue is listed whatever the count, so every settled flight
+/// is listed at least once per `recheck` + a few passes.
+pub fn unlisted<'a>(
+    records: impl IntoIterator<Item = &'a FlightRecord>,
+    now_ms: i64,
+    recheck_every: Duration,
+    interval: Duration,
+    on_change: OnChange,
+) -> HashSet<FlightKey> {
+    let mut out = HashSet::new();
+    if recheck_every.is_zero() {
+        return out;
+    }
+    let (mut settled, mut due) = (0usize, Vec::new());
+    for r in records {
+        match recheck(r, now_ms, recheck_every, on_change) {
+            Recheck::Always => {}
+            Recheck::NotDue(_) => {
+                settled += 1;
+                out.insert(r.key.clone());
+            }
+            Recheck::Due(at) => {
+                settled += 1;
+                due.push((at, &r.key));
+            }
+        }
+    }
+    let per_pass = ((settled as u128 * interval.as_millis())
+        .div_ceil(recheck_every.as_millis().max(1)))
+    .max(1) as usize;
+    if due.len() > per_pass {
+        due.sort();
+        let period = recheck_every.as_millis() as i64;
+        for (at, key) in due.into_iter().skip(per_pass) {
+            if now_ms - at < period {
+                out.insert(key.clone());
+            }
+        }
+    }
+    out
 }
 
 /// When a settled flight last checked at `last` is listed next (unix ms).
@@ -1106,9 +1173,11 @@ mod tests {
     #[test]
     fn rechecks_are_spread_over_the_period_and_never_all_at_once() {
         let period = Duration::from_secs(6 * 3600);
-        let interval: i64 = 5 * 60 * 1000;
+        let interval = Duration::from_secs(5 * 60);
+        let step = interval.as_millis() as i64;
         let committed_at: i64 = 1_700_000_000_000;
-        let mut recs: Vec<FlightRecord> = (0..2000)
+        let n = 2000;
+        let mut recs: Vec<FlightRecord> = (0..n)
             .map(|i| {
                 let f = flight("s", &format!("F{i}"), &[("a.jpg", 1)]);
                 let mut r = record(&f, Phase::Committed, 0);
@@ -1117,27 +1186,37 @@ mod tests {
                 r
             })
             .collect();
-        // Passes every 5 minutes for one period: each lists about interval / period of them,
-        // and every flight is listed exactly once.
-        let passes = (period.as_millis() as i64) / interval;
+        // Passes every 5 minutes for three periods: each lists at most
+        // ⌈flights × interval / recheck⌉, and every flight about once per period.
+        let cap = (n * 5usize).div_ceil(360);
+        let passes = 3 * (period.as_millis() as i64) / step;
         let mut per_pass = Vec::new();
+        let mut gaps = Vec::new();
         for p in 1..=passes {
-            let now = committed_at + p * interval;
-            let mut n = 0;
+            let now = committed_at + p * step;
+            let skip = unlisted(&recs, now, period, interval, OnChange::Warn);
+            let mut listed = 0;
             for r in &mut recs {
-                if recheck_due(r, now, period, OnChange::Warn) {
-                    assert!(next_recheck(&r.key, r.last_checked_ms.unwrap(), period) <= now);
+                if !skip.contains(&r.key) {
+                    let last = r.last_checked_ms.unwrap();
+                    assert!(
+                        next_recheck(&r.key, last, period) <= now,
+                        "listed before due"
+                    );
+                    gaps.push(now - last);
                     r.last_checked_ms = Some(now);
-                    n += 1;
+                    listed += 1;
                 }
             }
-            per_pass.push(n);
+            per_pass.push(listed);
         }
-        assert_eq!(per_pass.iter().sum::<usize>(), 2000, "each once per period");
-        let expected = 2000 / passes as usize; // ≈ 27
+        assert!(per_pass.iter().all(|&l| l <= cap), "{per_pass:?} > {cap}");
+        let total: usize = per_pass.iter().sum();
+        assert!(total >= 3 * n - n / 10, "about once per period: {total}");
+        let longest = *gaps.iter().max().unwrap();
         assert!(
-            per_pass.iter().all(|&n| n <= 3 * expected),
-            "never a burst: {per_pass:?}"
+            longest <= period.as_millis() as i64 + 6 * step,
+            "a flight waited {longest} ms"
         );
         // Not due for the uncommitted, the never-checked, the changed, the vanished.
         let f = flight("s", "G", &[("a.jpg", 1)]);
@@ -1146,13 +1225,15 @@ mod tests {
         assert!(recheck_due(&r, committed_at + 1, period, OnChange::Warn));
         r.phase = Phase::Committed;
         r.committed_listing = Some(r.listing);
-        assert!(
-            !recheck_due(&r, committed_at + 1, period, OnChange::Warn) || {
-                next_recheck(&r.key, committed_at, period) <= committed_at + 1
-            }
+        assert_eq!(
+            recheck_due(&r, committed_at + 1, period, OnChange::Warn),
+            next_recheck(&r.key, committed_at, period) <= committed_at + 1
         );
         r.vanished_ms = Some(1);
-        assert!(recheck_due(&r, committed_at + 1, period, OnChange::Warn));
+        assert_eq!(
+            recheck(&r, committed_at + 1, period, OnChange::Warn),
+            Recheck::Always
+        );
         r.vanished_ms = None;
         r.committed_listing = Some(Fingerprint::default());
         assert!(recheck_due(&r, committed_at + 1, period, OnChange::NewTask));

@@ -86,7 +86,13 @@ impl Engine<'_> {
             not_offered(rec, asset);
         }
         let dir = results_dir(&key.flight, &self.config.results.dir);
-        let mut dir_made = false;
+        // What the results folder holds now: one listing for all the assets (a missing folder
+        // holds nothing, and is made before the first write).
+        let (mut dir_made, existing) = match self.tapis.list_dir(&key.system, &dir).await {
+            Ok(entries) => (true, entries),
+            Err(e) if e.is_not_found() => (false, Vec::new()),
+            Err(e) => return Err(api(format!("listing the results folder {dir}"))(e)),
+        };
         for asset in assets {
             if self.stopping.load(Ordering::SeqCst) {
                 return Ok(copied);
@@ -101,7 +107,11 @@ impl Engine<'_> {
                 not_offered(rec, asset);
                 continue;
             };
-            let there = self.there(&key.system, &path, asset).await?;
+            let there = match existing.iter().find(|e| &e.name == asset) {
+                None => There::Nothing,
+                Some(e) if e.kind == FileKind::Dir => There::Folder,
+                Some(e) => There::File(e.size),
+            };
             let prior = rec.results.get(asset).cloned();
             let owned = |size| {
                 prior
@@ -195,7 +205,7 @@ impl Engine<'_> {
         }
     }
 
-    /// What is at `path` on Tapis.
+    /// What is at `path` on Tapis (after a write: its listing's size must be WebODM's).
     async fn there(&self, system: &str, path: &str, asset: &str) -> Result<There, StepError> {
         let found = self
             .tapis

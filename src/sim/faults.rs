@@ -88,6 +88,23 @@ pub struct Faults {
     /// milliseconds) before the rest: a result transfer reliably under way, for kill tests.
     /// 0 = no pause.
     pub asset_stall_ms: u64,
+    /// Every non-empty WebODM asset is about this many bytes (±25 %) instead of its typical
+    /// size (e.g. 0.4 MB for `orthophoto.tif`): result transfers big enough to time. Read at
+    /// each asset download and by the report, so set it before tasks complete and keep it.
+    /// `None`: the typical sizes.
+    pub asset_size: Option<u64>,
+    /// Time each WebODM image upload request takes besides reading its body, in milliseconds
+    /// (added before the answer): the real server's work per request (authentication, task
+    /// lookup, saving), which batching several images per request saves. 0 = none.
+    pub upload_request_ms: u64,
+    /// Time added per file of an upload request, in milliseconds (on top of
+    /// `upload_request_ms`). 0 = none.
+    pub upload_file_ms: u64,
+    /// Bytes per second at which an upload request's files are taken in, as by a server that
+    /// parses and saves each file: the request is answered no sooner than its bytes / this
+    /// rate after it came in (reading the body counts), plus `upload_request_ms`. 0 = as fast
+    /// as the simulator reads them.
+    pub upload_bytes_per_sec: u64,
 }
 
 impl Default for Faults {
@@ -111,6 +128,10 @@ impl Default for Faults {
             broken_paths: Vec::new(),
             listing_without_shares: false,
             asset_stall_ms: 0,
+            asset_size: None,
+            upload_request_ms: 0,
+            upload_file_ms: 0,
+            upload_bytes_per_sec: 0,
         }
     }
 }

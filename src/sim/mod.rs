@@ -470,7 +470,12 @@ impl Shared {
     fn report(&self) -> Report {
         let projects = self.webodm.lock().expect("webodm lock").projects.clone();
         let written = self.written.lock().expect("written lock");
-        report::build(&self.dataset(), &projects, &written)
+        report::build(
+            &self.dataset(),
+            &projects,
+            &written,
+            self.faults.get().asset_size,
+        )
     }
 
     /// The current dataset.
@@ -713,6 +718,10 @@ pub struct SimArgs {
     /// Mean image size in bytes (each varies by up to ±25 %).
     #[arg(long, default_value_t = DatasetSpec::demo().image_size)]
     pub image_size: u64,
+    /// Leave out the decoys (systems that must be ignored, the shared system, folders that
+    /// are not flights, the special-case flights): only the regular flights of owned systems.
+    #[arg(long)]
+    pub no_decoys: bool,
     /// Delay added before every API response, in milliseconds.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub latency_ms: u64,
@@ -786,7 +795,7 @@ pub async fn serve_cli(args: SimArgs) -> std::io::Result<()> {
         images_per_flight: args.images,
         image_size: args.image_size,
         big_flight_images: None,
-        decoys: true,
+        decoys: !args.no_decoys,
         companions: args.companions,
     };
     let faults = args.faults();

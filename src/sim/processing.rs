@@ -243,14 +243,19 @@ fn truthy(v: &Value) -> bool {
 }
 
 /// The bytes of asset `name` of task `task_id`: a size within ±25 % of the asset's typical
-/// size, its format's first bytes, then bytes derived from both names.
-pub(crate) fn asset_file(task_id: &str, name: &str) -> File {
+/// size (of `size`, when set, for an asset that is not empty), its format's first bytes, then
+/// bytes derived from both names.
+pub(crate) fn asset_file(task_id: &str, name: &str, size: Option<u64>) -> File {
     let digest = Sha256::digest(format!("{task_id}/{name}"));
     let key = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
     let (typical, magic) = ASSETS
         .iter()
         .find(|(n, _, _)| *n == name)
         .map_or((10_000, &b""[..]), |(_, size, magic)| (*size, *magic));
+    let typical = match size {
+        Some(s) if typical > 0 => s,
+        _ => typical,
+    };
     let size = if typical == 0 {
         0
     } else {
@@ -320,11 +325,14 @@ mod tests {
         let files = ["IMG.jpg".to_owned(), "GCP_List.txt".to_owned()];
         let all = assets(&json!([{"name": "dtm", "value": true}]), files.iter());
         assert_eq!(all.len(), 23);
-        let a = asset_file("t", "orthophoto.tif");
-        assert_eq!(a.size, asset_file("t", "orthophoto.tif").size);
+        let a = asset_file("t", "orthophoto.tif", None);
+        assert_eq!(a.size, asset_file("t", "orthophoto.tif", None).size);
         assert!((300_000..=500_000).contains(&a.size));
-        assert_ne!(a.sha256(), asset_file("u", "orthophoto.tif").sha256());
-        assert_eq!(asset_file("t", "report.pdf").size, 0);
+        assert_ne!(a.sha256(), asset_file("u", "orthophoto.tif", None).sha256());
+        assert_eq!(asset_file("t", "report.pdf", None).size, 0);
+        let big = asset_file("t", "orthophoto.tif", Some(8 << 20)).size;
+        assert!((6 << 20..=10 << 20).contains(&big), "{big}");
+        assert_eq!(asset_file("t", "report.pdf", Some(8 << 20)).size, 0);
     }
 
     #[test]

@@ -379,8 +379,14 @@ pub fn key_tag(system_id: &str, flight: &str) -> String {
 }
 
 /// Checks WebODM's projects (a snapshot) against the dataset, and what was written on Tapis
-/// against WebODM's assets.
-pub(crate) fn build(dataset: &Dataset, projects: &[Project], written: &Written) -> Report {
+/// against WebODM's assets (their sizes as `asset_size`, the simulator's
+/// [`Faults::asset_size`](super::Faults::asset_size), sets them).
+pub(crate) fn build(
+    dataset: &Dataset,
+    projects: &[Project],
+    written: &Written,
+    asset_size: Option<u64>,
+) -> Report {
     let flights = dataset.flights();
     let mut by_tag: HashMap<String, usize> = HashMap::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
@@ -444,6 +450,7 @@ pub(crate) fn build(dataset: &Dataset, projects: &[Project], written: &Written) 
             &f.companions,
             &projects,
             written,
+            asset_size,
         ));
     }
     Report {
@@ -483,6 +490,7 @@ fn flight_report(
     companions: &[&File],
     projects: &[&Project],
     written: &Written,
+    asset_size: Option<u64>,
 ) -> FlightReport {
     let tasks: Vec<&Task> = projects.iter().flat_map(|p| &p.tasks).collect();
     let newest = tasks.last().map(|t| t.report());
@@ -502,7 +510,7 @@ fn flight_report(
                 t.available_assets
                     .iter()
                     .any(|a| a == name)
-                    .then(|| processing::asset_file(&t.id, name))
+                    .then(|| processing::asset_file(&t.id, name, asset_size))
             });
             ResultReport {
                 size: file.bytes.len() as u64,

@@ -408,9 +408,8 @@ impl Route {
             | Route::Restart
             | Route::Cancel => &[Method::POST],
             Route::Projects | Route::Tasks => &[Method::GET, Method::POST],
-            Route::Project | Route::Task | Route::Users | Route::Groups | Route::Permissions => {
-                &[Method::GET]
-            }
+            Route::Project => &[Method::GET, Method::DELETE],
+            Route::Task | Route::Users | Route::Groups | Route::Permissions => &[Method::GET],
             Route::Download => &[Method::HEAD],
             Route::Asset => &[Method::GET, Method::HEAD],
         }
@@ -561,6 +560,16 @@ pub(crate) async fn handle(sh: &Arc<Shared>, req: Request, cut: Option<Cut>) -> 
             Ok(body) => create_project(sh, &user, &body),
             Err(r) => r,
         },
+        (Route::Project, Method::DELETE) => {
+            let mut st = sh.webodm.lock().expect("webodm lock");
+            match params[0].parse() {
+                Ok(id) if st.delete_project(id) => Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(Body::empty())
+                    .expect("a valid response"),
+                _ => not_found(),
+            }
+        }
         (Route::Project, _) => {
             let mut st = sh.webodm.lock().expect("webodm lock");
             st.project(&params[0])
@@ -928,6 +937,7 @@ fn stored_name(sent: &str) -> String {
 }
 
 async fn upload(sh: &Shared, params: &[String], req: Request) -> Response {
+    let started = std::time::Instant::now();
     // Checks before reading the body, like the real view.
     let partial = {
         let mut st = sh.webodm.lock().expect("webodm lock");
@@ -986,6 +996,20 @@ async fn upload(sh: &Shared, params: &[String], req: Request) -> Response {
     }
     if files.is_empty() {
         return bad(json!(["No files uploaded"]));
+    }
+    let cost = {
+        let f = sh.faults.get();
+        let bytes: u64 = files.iter().map(|(_, size, _)| size).sum();
+        let taking_in = match f.upload_bytes_per_sec {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs_f64(bytes as f64 / rate as f64),
+        };
+        // Reading the body is part of taking the files in.
+        taking_in.saturating_sub(started.elapsed())
+            + Duration::from_millis(f.upload_request_ms + f.upload_file_ms * files.len() as u64)
+    };
+    if !cost.is_zero() {
+        tokio::time::sleep(cost).await;
     }
     let dropped: HashSet<String> = {
         let mut st = sh.webodm.lock().expect("webodm lock");
@@ -1141,7 +1165,7 @@ fn asset(sh: &Arc<Shared>, params: &[String], head: bool, cut: Option<Cut>) -> R
                 &json!({"detail": "Asset does not exist"}),
             );
         }
-        processing::asset_file(&t.id, &params[2])
+        processing::asset_file(&t.id, &params[2], faults.asset_size)
     };
     let size = file.size;
     let body = if head {
