@@ -486,7 +486,7 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let lock = lock_dir(dir)?;
-        let db = open_sled(&dir.join("db"))?;
+        let db = open_compacted(dir)?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             None => {
@@ -720,14 +720,104 @@ fn decode<T: serde::de::DeserializeOwned>(v: &[u8], what: &str) -> Result<T, Sta
 /// Opens sled's database. The state dir's own lock is held, so a sled lock still taken can only
 /// be this process's previous store of the same dir, whose background flusher thread lets go of
 /// the file a moment after the store was dropped: wait for it (a few seconds at most).
-fn open_sled(path: &Path) -> Result<sled::Db, StateError> {
+/// The mark, in `meta`, that the store holds no image records of committed flights.
+const COMMITTED_IMAGES_DROPPED: &str = "committed_images_dropped";
+
+/// Opens `<dir>/db`. Once per store, a store that older versions left holding the image
+/// records of committed flights (nothing reads them; committing now drops them) is rewritten
+/// without them: removing them in place would leave sled's page table and segments sized
+/// for the old store, costing the daemon memory and idle CPU for good. The rewrite goes to
+/// `db.new`, which then replaces `db`; an interrupted rewrite is finished or discarded here.
+fn open_compacted(dir: &Path) -> Result<sled::Db, StateError> {
+    let (path, new, old) = (dir.join("db"), dir.join("db.new"), dir.join("db.old"));
+    let io = |source| StateError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    if old.exists() {
+        if !path.exists() && new.exists() {
+            std::fs::rename(&new, &path).map_err(io)?;
+        }
+        std::fs::remove_dir_all(&old).map_err(io)?;
+    }
+    if new.exists() {
+        std::fs::remove_dir_all(&new).map_err(io)?;
+    }
+    let db = open_sled(&path, None)?;
+    if db
+        .open_tree("meta")?
+        .get(COMMITTED_IMAGES_DROPPED)?
+        .is_some()
+    {
+        return Ok(db);
+    }
+    // Read (and rewrite) with a small cache: the old records are read once.
+    drop(db);
+    let db = open_sled(&path, Some(REWRITE_CACHE))?;
+    let meta = db.open_tree("meta")?;
+    let flights: Vec<FlightRecord> = db
+        .open_tree("flights")?
+        .iter()
+        .values()
+        .map(|v| decode(&v?, "flights"))
+        .collect::<Result<_, _>>()?;
+    let images = db.open_tree("images")?;
+    let mut stale = 0usize;
+    for rec in flights.iter().filter(|r| r.phase.is_committed()) {
+        stale += images.scan_prefix(rec.key.image_prefix()).count();
+    }
+    if stale == 0 {
+        meta.insert(COMMITTED_IMAGES_DROPPED, &[1u8])?;
+        db.flush()?;
+        drop((images, meta, db));
+        return open_sled(&path, None);
+    }
+    let fresh = open_sled(&new, Some(REWRITE_CACHE))?;
+    for name in db.tree_names() {
+        if name == b"__sled__default" as &[u8] || name == b"images" as &[u8] {
+            continue;
+        }
+        let (from, to) = (db.open_tree(&name)?, fresh.open_tree(&name)?);
+        for kv in from.iter() {
+            let (k, v) = kv?;
+            to.insert(k, v)?;
+        }
+    }
+    let to = fresh.open_tree("images")?;
+    for rec in flights.iter().filter(|r| !r.phase.is_committed()) {
+        for kv in images.scan_prefix(rec.key.image_prefix()) {
+            let (k, v) = kv?;
+            to.insert(k, v)?;
+        }
+    }
+    fresh
+        .open_tree("meta")?
+        .insert(COMMITTED_IMAGES_DROPPED, &[1u8])?;
+    fresh.flush()?;
+    drop((fresh, to, images, meta, db));
+    std::fs::rename(&path, &old).map_err(io)?;
+    std::fs::rename(&new, &path).map_err(io)?;
+    std::fs::remove_dir_all(&old).map_err(io)?;
+    tracing::info!(
+        records = stale,
+        "rewrote the state store without the image records of committed flights (kept by older versions)"
+    );
+    open_sled(&path, None)
+}
+
+/// sled's page cache while a store is rewritten (its default is 1 GiB).
+const REWRITE_CACHE: u64 = 8 << 20;
+
+/// Opens a sled db, waiting up to 5 s for a lock this process may still hold (a db just
+/// dropped); `cache` overrides sled's page cache size.
+fn open_sled(path: &Path, cache: Option<u64>) -> Result<sled::Db, StateError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(500))
-            .open()
-        {
+        let mut config = sled::Config::new().path(path).flush_every_ms(Some(500));
+        if let Some(bytes) = cache {
+            config = config.cache_capacity(bytes);
+        }
+        match config.open() {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
@@ -849,6 +939,56 @@ mod tests {
         assert!(store.flight(&key).unwrap().is_none());
         assert!(store.uploaded_images(&key).unwrap().is_empty());
         assert!(store.intents().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_older_store_is_rewritten_without_its_committed_flights_image_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = UploadedImage {
+            size: 1,
+            last_modified: String::new(),
+        };
+        let (done, busy) = (FlightKey::new("s", "done"), FlightKey::new("s", "busy"));
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for (key, phase) in [(&done, Phase::Completed), (&busy, Phase::Uploading)] {
+                let mut rec = FlightRecord::new(key.clone(), 1);
+                rec.set_phase(phase);
+                store.put_flight(&rec).await.unwrap();
+                for i in 0..3 {
+                    store
+                        .mark_uploaded(key, &format!("{i}.jpg"), &img)
+                        .await
+                        .unwrap();
+                }
+            }
+            store.open_intent(&busy, IntentKind::Commit).await.unwrap();
+            store.put_notification("daemon/passes", &3u32).unwrap();
+            // As an older version left it: without the mark of the clean-up.
+            store
+                .db
+                .open_tree("meta")
+                .unwrap()
+                .remove(COMMITTED_IMAGES_DROPPED)
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        // A rewrite interrupted before its swap leaves a `db.new` that is thrown away.
+        std::fs::create_dir(dir.path().join("db.new")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.uploaded_images(&done).unwrap().is_empty());
+        assert_eq!(store.uploaded_images(&busy).unwrap().len(), 3);
+        assert_eq!(store.flights().unwrap().len(), 2, "records stay");
+        assert!(store.has_intent(&busy, IntentKind::Commit).unwrap());
+        assert_eq!(store.notification::<u32>("daemon/passes").unwrap(), Some(3));
+        assert!(!dir.path().join("db.new").exists() && !dir.path().join("db.old").exists());
+        drop(store);
+        // Interrupted between the two renames: `db.new` is the store.
+        std::fs::rename(dir.path().join("db"), dir.path().join("db.new")).unwrap();
+        std::fs::create_dir(dir.path().join("db.old")).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.uploaded_images(&busy).unwrap().len(), 3);
+        assert!(!dir.path().join("db.old").exists());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
