@@ -269,6 +269,10 @@ pub(crate) fn decode_json<T: DeserializeOwned>(
             snippet(&bytes[..bytes.len().min(SNIPPET_READ)])
         ))
     };
+    // The fast path; the path of a failure is worked out only when there is one.
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize(&mut de) {
         Ok(v) => de

@@ -684,23 +684,41 @@ fn path_not_found(sys: &str, path: &str) -> Response {
     )
 }
 
-fn file_item(sys: &str, path: &str, item: &Item<'_>) -> Value {
+/// One entry of a listing, as Tapis serializes it (typed: listings are the simulator's
+/// hottest answer, and building a `Value` per entry cost more CPU than the client decoding it).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FileItem {
+    mime_type: Option<&'static str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    owner: &'static str,
+    group: &'static str,
+    native_permissions: &'static str,
+    url: String,
+    last_modified: String,
+    name: String,
+    path: String,
+    size: u64,
+}
+
+fn file_item(sys: &str, path: &str, item: &Item<'_>) -> FileItem {
     let (kind, perms) = match item.dir {
         Some(_) => ("dir", "rwxr-xr-x"),
         None => ("file", "rw-r--r--"),
     };
-    json!({
-        "mimeType": item.mime,
-        "type": kind,
-        "owner": "1003",
-        "group": "1003",
-        "nativePermissions": perms,
-        "url": format!("tapis://{sys}/{path}"),
-        "lastModified": fmt_time(std::time::Duration::from_secs(item.mtime), TimeFmt::Seconds),
-        "name": item.name,
-        "path": path,
-        "size": item.size,
-    })
+    FileItem {
+        mime_type: item.mime,
+        kind,
+        owner: "1003",
+        group: "1003",
+        native_permissions: perms,
+        url: format!("tapis://{sys}/{path}"),
+        last_modified: fmt_time(std::time::Duration::from_secs(item.mtime), TimeFmt::Seconds),
+        name: item.name.clone(),
+        path: path.to_owned(),
+        size: item.size,
+    }
 }
 
 fn join(parent: &str, name: &str) -> String {
@@ -718,7 +736,7 @@ struct Listing<'a> {
     pattern: Option<&'a str>,
     offset: usize,
     limit: usize,
-    out: Vec<Value>,
+    out: Vec<FileItem>,
 }
 
 impl Listing<'_> {
@@ -809,11 +827,23 @@ fn list_files(
         }
         Entry::Dir(d) => listing.dir(&path, d, recurse.then_some(1)),
     }
-    let items = listing.out;
-    json(
-        StatusCode::OK,
-        &json!({"status": "success", "message": "FILES_LIST_SUCCESS Listing successful.", "result": items, "version": VERSION, "metadata": {}}),
-    )
+    #[derive(serde::Serialize)]
+    struct Answer {
+        status: &'static str,
+        message: &'static str,
+        result: Vec<FileItem>,
+        version: &'static str,
+        metadata: serde_json::Map<String, Value>,
+    }
+    let body = serde_json::to_string(&Answer {
+        status: "success",
+        message: "FILES_LIST_SUCCESS Listing successful.",
+        result: listing.out,
+        version: VERSION,
+        metadata: Default::default(),
+    })
+    .expect("listings serialize");
+    super::util::respond(StatusCode::OK, "application/json", body)
 }
 
 fn content(
