@@ -706,7 +706,7 @@ pub struct SimArgs {
     /// Seed of the generated dataset.
     #[arg(long, default_value_t = DatasetSpec::demo().seed)]
     pub seed: u64,
-    /// Matching systems owned by the account (decoy systems are always added).
+    /// Matching systems owned by the account (decoy systems are added unless `--no-decoys`).
     #[arg(long, default_value_t = DatasetSpec::demo().systems)]
     pub systems: usize,
     /// Regular flights per system.
