@@ -26,8 +26,8 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
 
 /// The retry policy of `[retry]`: exponential backoff from `initial` to `max` with full jitter
 /// (each wait drawn uniformly from zero to the exponential delay), unlimited tries while the
-/// time since the first try (wall clock, tries included) stays within `max_elapsed`, and
-/// `Retry-After` honoured as the minimum wait.
+/// time since the first try (wall clock, tries included) stays within `max_elapsed` (the last
+/// one at its end), and `Retry-After` honoured as the minimum wait.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     backoff: ExponentialBuilder,
@@ -81,8 +81,16 @@ impl RetryPolicy {
             .when(ApiError::is_retryable)
             .adjust(|e: &ApiError, wait| {
                 let wait = self.wait(wait, e.retry_after(), rand::random::<f64>())?;
-                // The budget is wall-clock time: the next try must start within it.
-                (started.elapsed() + wait <= self.max_elapsed).then_some(wait)
+                // The budget is wall-clock time: the next try must start within it, so a
+                // drawn wait longer than what remains is cut to the deadline (the last try
+                // comes at the end of the budget, not whenever a long draw gave up early);
+                // a `Retry-After` beyond the deadline gives up.
+                let remaining = self.max_elapsed.checked_sub(started.elapsed())?;
+                match e.retry_after() {
+                    _ if remaining.is_zero() => None,
+                    Some(asked) if asked > remaining => None,
+                    _ => Some(wait.min(remaining)),
+                }
             })
             .notify(|e: &ApiError, wait| {
                 crate::metrics::retry(e.service(), e.class());
@@ -214,6 +222,35 @@ mod tests {
             "next_try_in=",
         ] {
             assert!(line.contains(part), "{part:?} not in {line}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_operation_is_retried_until_the_end_of_its_budget() {
+        let p = RetryPolicy::new(&RetryConfig {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(16),
+            max_elapsed: Duration::from_secs(6),
+            listing_elapsed: Duration::from_secs(6),
+        });
+        for _ in 0..20 {
+            let start = tokio::time::Instant::now();
+            let tries = std::cell::Cell::new(0);
+            let r: Result<(), ApiError> = p
+                .run("listing", || async {
+                    tries.set(tries.get() + 1);
+                    Err(ApiError::Status {
+                        service: "Tapis",
+                        op: "GET /v3/files/ops/s/F/code/images".into(),
+                        status: 502,
+                        body: String::new(),
+                        retry_after: None,
+                    })
+                })
+                .await;
+            assert!(r.is_err());
+            // Whatever the draws, the last try is at the deadline, never past it.
+            assert_eq!(start.elapsed(), Duration::from_secs(6), "{} tries", tries.get());
         }
     }
 
