@@ -110,14 +110,16 @@ async fn chaos_converges_without_duplicates_or_corruption() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_flight_does_not_stop_the_others_and_retries_later() {
-    // A third of the uploads fail and retries give up fast: some flights fail, others finish.
+    // Half of the upload requests fail and nothing is retried (a budget spent by the first
+    // try): a flight fails when its batch and then one of its images sent alone fail (about
+    // one in two), so of 20 flights some fail and others finish (both but once in a million).
     let upload = "POST /api/projects/{project}/tasks/{task}/upload/".to_string();
     let faults = Faults {
-        route_rates: BTreeMap::from([(upload, 0.3)]),
+        route_rates: BTreeMap::from([(upload, 0.5)]),
         ..Faults::default()
     };
     let mut rig = Rig::with_faults(&spec(4, 5, 8), faults).await;
-    quick_retries(&mut rig, Duration::from_millis(60));
+    quick_retries(&mut rig, Duration::from_millis(1));
     let first = rig.pass().await;
     let flights = rig.sim.dataset().expected().flights as usize;
     assert!(!first.errors.is_empty(), "some flights fail");

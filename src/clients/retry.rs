@@ -250,7 +250,12 @@ mod tests {
                 .await;
             assert!(r.is_err());
             // Whatever the draws, the last try is at the deadline, never past it.
-            assert_eq!(start.elapsed(), Duration::from_secs(6), "{} tries", tries.get());
+            assert_eq!(
+                start.elapsed(),
+                Duration::from_secs(6),
+                "{} tries",
+                tries.get()
+            );
         }
     }
 
