@@ -2,12 +2,9 @@
 //! change WebODM behind a client's back.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use clap::Parser;
 use futures_util::StreamExt;
 use reqwest::multipart::{Form, Part};
@@ -15,13 +12,12 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use tapis_webodm_sync::sim::{DatasetSpec, ExpectedFlight, Faults, Sim, SimArgs};
 
+mod sim_support;
+use sim_support::{local, tapis_basic as basic, webodm_login, Webodm as Api};
+
 const CREATE_PROJECT: &str = "POST /api/projects/";
 const UPLOAD: &str = "POST /api/projects/{project}/tasks/{task}/upload/";
 const DOWNLOAD: &str = "GET /v3/files/content/{system}/{path}";
-
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 /// One system, one flight of two images of about 200 KB (several stream chunks each).
 fn spec() -> DatasetSpec {
@@ -39,12 +35,6 @@ fn spec() -> DatasetSpec {
 
 async fn start(faults: Faults) -> Sim {
     Sim::start_with(&spec(), local(), faults).await.unwrap()
-}
-
-fn basic(sim: &Sim) -> String {
-    let c = sim.credentials();
-    let pair = format!("{}:{}", c.tapis_client_id, c.tapis_client_key);
-    format!("Basic {}", STANDARD.encode(pair))
 }
 
 /// A password grant with client auth: `(status, access token, refresh token)`.
@@ -102,41 +92,8 @@ async fn download(sim: &Sim, tok: &str) -> reqwest::Result<reqwest::Response> {
         .await
 }
 
-async fn webodm_login(sim: &Sim) -> reqwest::Response {
-    let c = sim.credentials();
-    Client::new()
-        .post(format!("{}/api/token-auth/", sim.base_url()))
-        .json(&json!({"username": c.webodm_username, "password": c.webodm_password}))
-        .send()
-        .await
-        .unwrap()
-}
-
-/// A logged-in WebODM client.
-struct Api {
-    http: Client,
-    base: String,
-    auth: String,
-}
-
+/// The calls these tests make beyond [`Api::send`].
 impl Api {
-    async fn login(sim: &Sim) -> Api {
-        let r = webodm_login(sim).await;
-        assert_eq!(r.status(), StatusCode::OK);
-        let v: Value = r.json().await.unwrap();
-        Api {
-            http: Client::new(),
-            base: sim.base_url(),
-            auth: format!("JWT {}", v["token"].as_str().unwrap()),
-        }
-    }
-
-    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .header("Authorization", &self.auth)
-    }
-
     async fn create_project(&self, name: &str) -> reqwest::Response {
         self.req(Method::POST, "/api/projects/")
             .json(&json!({"name": name, "tags": [".tapis-sync"]}))

@@ -3,18 +3,16 @@
 //! without `last_error`), assets filled with 40, `restart/`, `cancel/`, a commit that
 //! re-queues, no processing node, and asset downloads with a Content-Length.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use reqwest::multipart::{Form, Part};
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tapis_webodm_sync::sim::{key_tag, DatasetSpec, Faults, Sim};
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+mod sim_support;
+use sim_support::{local, Webodm as Api};
 
 fn spec() -> DatasetSpec {
     DatasetSpec {
@@ -37,49 +35,8 @@ async fn sim(process_ms: u64) -> Sim {
     Sim::start_with(&spec(), local(), faults).await.unwrap()
 }
 
-/// A logged-in WebODM client.
-struct Api {
-    http: Client,
-    base: String,
-    auth: String,
-}
-
+/// The calls these tests make beyond [`Api::send`].
 impl Api {
-    async fn login(sim: &Sim) -> Api {
-        let c = sim.credentials();
-        let http = Client::new();
-        let v: Value = http
-            .post(format!("{}/api/token-auth/", sim.base_url()))
-            .json(&json!({"username": c.webodm_username, "password": c.webodm_password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        Api {
-            http,
-            base: sim.base_url(),
-            auth: format!("JWT {}", v["token"].as_str().unwrap()),
-        }
-    }
-
-    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .header("Authorization", &self.auth)
-    }
-
-    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = self.req(method, path);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
     /// A project tagged as the flight's, with one task holding `files`; returns (pid, tid).
     async fn task(
         &self,

@@ -2,18 +2,16 @@
 //! its unconditional overwrite, partial files left by a broken upload, listings and downloads
 //! of written files, and the report's check of result files against WebODM's assets.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tapis_webodm_sync::sim::{key_tag, DatasetSpec, Faults, Sim};
+use tapis_webodm_sync::sim::{key_tag, DatasetSpec, ExpectedFlight, Faults, Sim};
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+mod sim_support;
+use sim_support::{local, tapis_token, Webodm};
 
 fn spec() -> DatasetSpec {
     DatasetSpec {
@@ -38,24 +36,10 @@ struct Tapis {
 
 impl Tapis {
     async fn login(sim: &Sim) -> Tapis {
-        let c = sim.credentials();
-        let http = Client::new();
-        let v: Value = http
-            .post(format!("{}/v3/oauth2/tokens", sim.base_url()))
-            .json(&json!({"grant_type": "password", "username": c.tapis_username, "password": c.tapis_password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
         Tapis {
-            http,
+            http: Client::new(),
             base: sim.base_url(),
-            token: v["result"]["access_token"]["access_token"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
+            token: tapis_token(sim).await,
             sys: sim.dataset().expected_flights()[0].system_id.clone(),
         }
     }
@@ -298,6 +282,29 @@ async fn a_broken_upload_leaves_a_partial_file() {
     sim.shutdown().await;
 }
 
+/// A project tagged as `flight`'s with one partial task, made by a logged-in WebODM client;
+/// returns (client, project id, task id).
+async fn flight_task(sim: &Sim, flight: &ExpectedFlight) -> (Webodm, i64, String) {
+    let w = Webodm::login(sim).await;
+    let (_, p) = w
+        .send(
+            Method::POST,
+            "/api/projects/",
+            Some(json!({"name": "x", "tags": [key_tag(&flight.system_id, &flight.flight)]})),
+        )
+        .await;
+    let pid = p["id"].as_i64().unwrap();
+    let (_, t) = w
+        .send(
+            Method::POST,
+            &format!("/api/projects/{pid}/tasks/"),
+            Some(json!({"name": "t", "partial": true})),
+        )
+        .await;
+    let tid = t["id"].as_str().unwrap().to_owned();
+    (w, pid, tid)
+}
+
 #[tokio::test]
 async fn report_checks_result_files_against_assets() {
     let sim = Sim::start_with(
@@ -312,41 +319,8 @@ async fn report_checks_result_files_against_assets() {
     .unwrap();
     let t = Tapis::login(&sim).await;
     let flight = sim.dataset().expected_flights()[0].clone();
-    let c = sim.credentials().clone();
-    let http = Client::new();
-    let base = sim.base_url();
-    let v: Value = http
-        .post(format!("{base}/api/token-auth/"))
-        .json(&json!({"username": c.webodm_username, "password": c.webodm_password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let auth = format!("JWT {}", v["token"].as_str().unwrap());
-    let api = |m: Method, p: String| {
-        http.request(m, format!("{base}{p}"))
-            .header("Authorization", &auth)
-    };
-    let p: Value = api(Method::POST, "/api/projects/".into())
-        .json(&json!({"name": "x", "tags": [key_tag(&flight.system_id, &flight.flight)]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let pid = p["id"].as_i64().unwrap();
-    let tk: Value = api(Method::POST, format!("/api/projects/{pid}/tasks/"))
-        .json(&json!({"name": "t", "partial": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tid = tk["id"].as_str().unwrap().to_owned();
+    let (w, pid, tid) = flight_task(&sim, &flight).await;
+    let api = |m: Method, p: String| w.req(m, &p);
     let form = Form::new().part("images", Part::bytes(vec![1; 10]).file_name("IMG_0001.jpg"));
     api(
         Method::POST,
@@ -419,41 +393,8 @@ async fn report_counts_companions_apart_from_images() {
     let flight = sim.dataset().expected_flights()[0].clone();
     let companions: Vec<&str> = flight.companions.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(companions, ["GCP_List.txt", "Geo.TXT"]);
-    let c = sim.credentials().clone();
-    let http = Client::new();
-    let base = sim.base_url();
-    let v: Value = http
-        .post(format!("{base}/api/token-auth/"))
-        .json(&json!({"username": c.webodm_username, "password": c.webodm_password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let auth = format!("JWT {}", v["token"].as_str().unwrap());
-    let api = |m: Method, p: String| {
-        http.request(m, format!("{base}{p}"))
-            .header("Authorization", &auth)
-    };
-    let p: Value = api(Method::POST, "/api/projects/".into())
-        .json(&json!({"name": "x", "tags": [key_tag(&flight.system_id, &flight.flight)]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let pid = p["id"].as_i64().unwrap();
-    let tk: Value = api(Method::POST, format!("/api/projects/{pid}/tasks/"))
-        .json(&json!({"name": "t", "partial": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tid = tk["id"].as_str().unwrap().to_owned();
+    let (w, pid, tid) = flight_task(&sim, &flight).await;
+    let api = |m: Method, p: String| w.req(m, &p);
     let folder = format!("{}/code/images", flight.flight);
     let mut form = Form::new();
     for name in ["IMG_0001.jpg", "IMG_0002.jpg", "GCP_List.txt", "notes.txt"] {

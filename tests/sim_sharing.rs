@@ -2,15 +2,12 @@
 //! (`GET /v3/systems/share/{id}`), WebODM users and groups searched by prefix, and project
 //! permissions with WebODM's replace-everything, all-or-nothing edit.
 
-use std::net::SocketAddr;
-
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tapis_webodm_sync::sim::{DatasetSpec, Sim, SimGrantee};
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+mod sim_support;
+use sim_support::{local, tapis_token, Webodm};
 
 fn spec() -> DatasetSpec {
     DatasetSpec {
@@ -27,69 +24,23 @@ fn spec() -> DatasetSpec {
 
 /// A logged-in client of both simulated services.
 struct Api {
-    http: Client,
-    base: String,
-    jwt: String,
+    webodm: Webodm,
     tapis: String,
 }
 
 impl Api {
     async fn login(sim: &Sim) -> Api {
-        let c = sim.credentials().clone();
-        let http = Client::new();
-        let base = sim.base_url();
-        let v: Value = http
-            .post(format!("{base}/api/token-auth/"))
-            .json(&json!({"username": c.webodm_username, "password": c.webodm_password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let jwt = format!("JWT {}", v["token"].as_str().unwrap());
-        let v: Value = http
-            .post(format!("{base}/v3/oauth2/tokens"))
-            .json(&json!({"grant_type": "password", "username": c.tapis_username, "password": c.tapis_password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let tapis = v["result"]["access_token"]["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
         Api {
-            http,
-            base,
-            jwt,
-            tapis,
+            webodm: Webodm::login(sim).await,
+            tapis: tapis_token(sim).await,
         }
-    }
-
-    async fn webodm(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("Authorization", &self.jwt);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
     }
 
     async fn share(&self, system: &str) -> (StatusCode, Value) {
         let r = self
+            .webodm
             .http
-            .get(format!("{}/v3/systems/share/{system}", self.base))
+            .get(format!("{}/v3/systems/share/{system}", self.webodm.base))
             .header("X-Tapis-Token", &self.tapis)
             .send()
             .await
@@ -99,7 +50,8 @@ impl Api {
 
     async fn project(&self, name: &str) -> i64 {
         let (s, v) = self
-            .webodm(
+            .webodm
+            .send(
                 Method::POST,
                 "/api/projects/",
                 Some(json!({"name": name, "description": "d", "tags": ["t", ".tws-1"]})),
@@ -111,7 +63,8 @@ impl Api {
 
     async fn permissions(&self, pid: i64) -> Value {
         let (s, v) = self
-            .webodm(
+            .webodm
+            .send(
                 Method::GET,
                 &format!("/api/projects/{pid}/permissions/"),
                 None,
@@ -223,37 +176,49 @@ async fn users_and_groups_search_by_prefix() {
     let api = Api::login(&sim).await;
     // Username or email, case-insensitive prefix: `bob` finds bob and robert (bob.r@…).
     let (s, v) = api
-        .webodm(Method::GET, "/api/users/?search=BOB", None)
+        .webodm
+        .send(Method::GET, "/api/users/?search=BOB", None)
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(usernames(&v), ["bob", "robert"]);
     let (_, v) = api
-        .webodm(Method::GET, "/api/users/?search=alice", None)
+        .webodm
+        .send(Method::GET, "/api/users/?search=alice", None)
         .await;
     assert_eq!(usernames(&v), ["alice", "alice.smith"]);
     // Tapis's dave has a WebODM account under another name (found by email).
     let (_, v) = api
-        .webodm(Method::GET, "/api/users/?search=dave", None)
+        .webodm
+        .send(Method::GET, "/api/users/?search=dave", None)
         .await;
     assert_eq!(usernames(&v), ["dave.lab"]);
     let (_, v) = api
-        .webodm(Method::GET, "/api/users/?search=carol", None)
+        .webodm
+        .send(Method::GET, "/api/users/?search=carol", None)
         .await;
     assert_eq!(v, json!([]));
-    let (_, v) = api.webodm(Method::GET, "/api/users/?search=a", None).await;
+    let (_, v) = api
+        .webodm
+        .send(Method::GET, "/api/users/?search=a", None)
+        .await;
     assert!(usernames(&v).contains(&"AnonymousUser"));
     assert!(usernames(&v).contains(&"admin"));
     let (_, v) = api
-        .webodm(Method::GET, "/api/users/?search=a&limit=-2", None)
+        .webodm
+        .send(Method::GET, "/api/users/?search=a&limit=-2", None)
         .await;
     assert_eq!(v.as_array().unwrap().len(), 2, "abs(limit)");
-    let (s, v) = api.webodm(Method::GET, "/api/users/?limit=x", None).await;
+    let (s, v) = api
+        .webodm
+        .send(Method::GET, "/api/users/?limit=x", None)
+        .await;
     assert_eq!(
         (s, v),
         (StatusCode::BAD_REQUEST, json!(["Invalid query parameters"]))
     );
     let (_, v) = api
-        .webodm(Method::GET, "/api/users/?search=tapis", None)
+        .webodm
+        .send(Method::GET, "/api/users/?search=tapis", None)
         .await;
     assert_eq!(
         v,
@@ -261,7 +226,8 @@ async fn users_and_groups_search_by_prefix() {
     );
 
     let (_, v) = api
-        .webodm(Method::GET, "/api/groups/?search=LAB-X", None)
+        .webodm
+        .send(Method::GET, "/api/groups/?search=LAB-X", None)
         .await;
     let names: Vec<&str> = v
         .as_array()
@@ -276,26 +242,29 @@ async fn users_and_groups_search_by_prefix() {
     assert!(sim.add_webodm_user("carol"));
     assert!(!sim.add_webodm_user("carol"));
     let (_, v) = api
-        .webodm(Method::GET, "/api/users/?search=carol", None)
+        .webodm
+        .send(Method::GET, "/api/users/?search=carol", None)
         .await;
     assert_eq!(usernames(&v), ["carol"]);
     let id = sim.add_webodm_group("field-crew");
     assert_eq!(sim.add_webodm_group("field-crew"), id);
     let (_, v) = api
-        .webodm(Method::GET, "/api/groups/?search=field", None)
+        .webodm
+        .send(Method::GET, "/api/groups/?search=field", None)
         .await;
     assert_eq!(v, json!([{"name": "field-crew", "id": id}]));
 
     // A site with its users API off: both routes are unknown URLs (HTML 404).
     sim.set_users_api(false);
     for path in ["/api/users/?search=bob", "/api/groups/"] {
-        let (s, v) = api.webodm(Method::GET, path, None).await;
+        let (s, v) = api.webodm.send(Method::GET, path, None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert!(v.as_str().unwrap().contains("<h1>Not Found</h1>"), "{v}");
     }
     sim.set_users_api(true);
     let (s, _) = api
-        .webodm(Method::GET, "/api/users/?search=bob", None)
+        .webodm
+        .send(Method::GET, "/api/users/?search=bob", None)
         .await;
     assert_eq!(s, StatusCode::OK);
     sim.shutdown().await;
@@ -322,7 +291,8 @@ async fn edit_replaces_everything_and_keeps_the_owner() {
     // An edit with only `permissions`: name, description and tags become empty, bob (left
     // out) loses access, the owner entry is ignored, alice and lab-x get what is sent.
     let (s, v) = api
-        .webodm(
+        .webodm
+        .send(
             Method::POST,
             &format!("/api/projects/{pid}/edit/"),
             Some(json!({"permissions": [
@@ -333,7 +303,8 @@ async fn edit_replaces_everything_and_keeps_the_owner() {
         .await;
     assert_eq!((s, v), (StatusCode::OK, json!({"success": true})));
     let (_, p) = api
-        .webodm(Method::GET, &format!("/api/projects/{pid}/"), None)
+        .webodm
+        .send(Method::GET, &format!("/api/projects/{pid}/"), None)
         .await;
     assert_eq!(
         (&p["name"], &p["description"], &p["tags"]),
@@ -355,7 +326,8 @@ async fn edit_replaces_everything_and_keeps_the_owner() {
         .push(json!({"username": "erin", "permissions": ["view"]}));
     let body = json!({"name": "Flight001 (sys)", "description": "d", "tags": ["t", ".tws-1"], "permissions": perms});
     let (s, _) = api
-        .webodm(
+        .webodm
+        .send(
             Method::POST,
             &format!("/api/projects/{pid}/edit/"),
             Some(body),
@@ -363,7 +335,8 @@ async fn edit_replaces_everything_and_keeps_the_owner() {
         .await;
     assert_eq!(s, StatusCode::OK);
     let (_, p) = api
-        .webodm(Method::GET, &format!("/api/projects/{pid}/"), None)
+        .webodm
+        .send(Method::GET, &format!("/api/projects/{pid}/"), None)
         .await;
     assert_eq!(
         (&p["name"], &p["tags"]),
@@ -378,7 +351,8 @@ async fn edit_replaces_everything_and_keeps_the_owner() {
 
     // Without `permissions` the list is left alone (name etc. still replaced).
     let (s, _) = api
-        .webodm(
+        .webodm
+        .send(
             Method::POST,
             &format!("/api/projects/{pid}/edit/"),
             Some(json!({"name": "x"})),
@@ -435,7 +409,8 @@ async fn edit_is_all_or_nothing() {
     ];
     for (perms, error) in cases {
         let (s, v) = api
-            .webodm(
+            .webodm
+            .send(
                 Method::POST,
                 &format!("/api/projects/{pid}/edit/"),
                 Some(edit(perms)),
@@ -444,13 +419,15 @@ async fn edit_is_all_or_nothing() {
         assert_eq!((s, v), (StatusCode::BAD_REQUEST, error));
         assert_eq!(api.permissions(pid).await, before, "nothing applied");
         let (_, p) = api
-            .webodm(Method::GET, &format!("/api/projects/{pid}/"), None)
+            .webodm
+            .send(Method::GET, &format!("/api/projects/{pid}/"), None)
             .await;
         assert_eq!(p["name"], "P", "name untouched");
     }
     // Usernames are case-sensitive.
     let (s, _) = api
-        .webodm(
+        .webodm
+        .send(
             Method::POST,
             &format!("/api/projects/{pid}/edit/"),
             Some(edit(
@@ -461,7 +438,8 @@ async fn edit_is_all_or_nothing() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Unknown project: 404; wrong method: 405.
     let (s, _) = api
-        .webodm(
+        .webodm
+        .send(
             Method::POST,
             "/api/projects/999/edit/",
             Some(edit(json!([]))),
@@ -469,11 +447,13 @@ async fn edit_is_all_or_nothing() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, _) = api
-        .webodm(Method::GET, &format!("/api/projects/{pid}/edit/"), None)
+        .webodm
+        .send(Method::GET, &format!("/api/projects/{pid}/edit/"), None)
         .await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     let (s, _) = api
-        .webodm(Method::GET, "/api/projects/999/permissions/", None)
+        .webodm
+        .send(Method::GET, "/api/projects/999/permissions/", None)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     sim.shutdown().await;

@@ -1,18 +1,16 @@
 //! The simulated Tapis behaves like the real server described in `contracts/tapis.md`.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tapis_webodm_sync::sim::{DatasetSpec, Sim};
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+mod sim_support;
+use sim_support::{local, tapis_basic as basic, tapis_token as token};
 
 fn small(systems: usize, decoys: bool, big: Option<usize>) -> DatasetSpec {
     DatasetSpec {
@@ -25,31 +23,6 @@ fn small(systems: usize, decoys: bool, big: Option<usize>) -> DatasetSpec {
         decoys,
         companions: false,
     }
-}
-
-fn basic(sim: &Sim) -> String {
-    let c = sim.credentials();
-    format!(
-        "Basic {}",
-        STANDARD.encode(format!("{}:{}", c.tapis_client_id, c.tapis_client_key))
-    )
-}
-
-async fn token(sim: &Sim) -> String {
-    let c = sim.credentials();
-    let r: Value = Client::new()
-        .post(format!("{}/v3/oauth2/tokens", sim.base_url()))
-        .json(&serde_json::json!({"grant_type": "password", "username": c.tapis_username, "password": c.tapis_password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["result"]["access_token"]["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// `base/v3/<segments…>` with each segment percent-encoded.

@@ -1,7 +1,6 @@
 //! The simulated WebODM behaves like the real server described in `contracts/webodm.md`, and
 //! its report checks uploads against the source bytes.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,9 +11,8 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use tapis_webodm_sync::sim::{key_tag, DatasetSpec, Faults, Sim};
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+mod sim_support;
+use sim_support::{local, Webodm as Api};
 
 fn spec() -> DatasetSpec {
     DatasetSpec {
@@ -29,48 +27,8 @@ fn spec() -> DatasetSpec {
     }
 }
 
-/// A logged-in WebODM client.
-struct Api {
-    http: Client,
-    base: String,
-    auth: String,
-}
-
+/// The calls these tests make beyond [`Api::send`].
 impl Api {
-    async fn login(sim: &Sim) -> Api {
-        let c = sim.credentials();
-        let http = Client::new();
-        let r = http
-            .post(format!("{}/api/token-auth/", sim.base_url()))
-            .json(&json!({"username": c.webodm_username, "password": c.webodm_password}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let v: Value = r.json().await.unwrap();
-        Api {
-            http,
-            base: sim.base_url(),
-            auth: format!("JWT {}", v["token"].as_str().unwrap()),
-        }
-    }
-
-    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .header("Authorization", &self.auth)
-    }
-
-    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = self.req(method, path);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
     async fn project(&self, name: &str, tags: Value) -> i64 {
         let (s, v) = self
             .send(
