@@ -48,20 +48,23 @@ impl RetryPolicy {
         }
     }
 
-    /// The wait before the next try: `unit` (uniform in 0..1) of the exponential delay, at
-    /// least what the server's `Retry-After` asks; `None` (give up) when the budget is spent or
-    /// the server asks for more than `max_elapsed`.
+    /// The wait before the next try, with `remaining` of the budget left: `unit` (uniform in
+    /// 0..1) of the exponential delay, at least what the server's `Retry-After` asks, cut to
+    /// `remaining` so the last try comes at the end of the budget; `None` (give up) when the
+    /// budget is spent or the server asks for more than remains.
     pub fn wait(
         &self,
         exponential: Option<Duration>,
         retry_after: Option<Duration>,
         unit: f64,
+        remaining: Duration,
     ) -> Option<Duration> {
         let jittered = exponential?.mul_f64(unit.clamp(0.0, 1.0));
         match retry_after {
-            Some(asked) if asked > self.max_elapsed => None,
-            Some(asked) => Some(jittered.max(asked)),
-            None => Some(jittered),
+            _ if remaining.is_zero() => None,
+            Some(asked) if asked > remaining => None,
+            Some(asked) => Some(jittered.max(asked).min(remaining)),
+            None => Some(jittered.min(remaining)),
         }
     }
 
@@ -80,17 +83,9 @@ impl RetryPolicy {
             .sleep(tokio::time::sleep)
             .when(ApiError::is_retryable)
             .adjust(|e: &ApiError, wait| {
-                let wait = self.wait(wait, e.retry_after(), rand::random::<f64>())?;
-                // The budget is wall-clock time: the next try must start within it, so a
-                // drawn wait longer than what remains is cut to the deadline (the last try
-                // comes at the end of the budget, not whenever a long draw gave up early);
-                // a `Retry-After` beyond the deadline gives up.
+                // The budget is wall-clock time: the next try must start within it.
                 let remaining = self.max_elapsed.checked_sub(started.elapsed())?;
-                match e.retry_after() {
-                    _ if remaining.is_zero() => None,
-                    Some(asked) if asked > remaining => None,
-                    _ => Some(wait.min(remaining)),
-                }
+                self.wait(wait, e.retry_after(), rand::random::<f64>(), remaining)
             })
             .notify(|e: &ApiError, wait| {
                 crate::metrics::retry(e.service(), e.class());
@@ -144,13 +139,20 @@ mod tests {
             listing_elapsed: Duration::from_secs(60),
         });
         let d = Some(Duration::from_secs(4));
-        assert_eq!(p.wait(d, None, 0.0), Some(Duration::ZERO));
-        assert_eq!(p.wait(d, None, 0.5), Some(Duration::from_secs(2)));
-        assert_eq!(p.wait(d, None, 1.0), Some(Duration::from_secs(4)));
+        let all = Duration::from_secs(60);
+        assert_eq!(p.wait(d, None, 0.0, all), Some(Duration::ZERO));
+        assert_eq!(p.wait(d, None, 0.5, all), Some(Duration::from_secs(2)));
+        assert_eq!(p.wait(d, None, 1.0, all), Some(Duration::from_secs(4)));
         let ra = Some(Duration::from_secs(3));
-        assert_eq!(p.wait(d, ra, 0.1), Some(Duration::from_secs(3)));
-        assert_eq!(p.wait(d, Some(Duration::from_secs(61)), 0.5), None);
-        assert_eq!(p.wait(None, None, 0.5), None, "budget spent");
+        assert_eq!(p.wait(d, ra, 0.1, all), Some(Duration::from_secs(3)));
+        assert_eq!(p.wait(d, Some(Duration::from_secs(61)), 0.5, all), None);
+        assert_eq!(p.wait(None, None, 0.5, all), None, "budget spent");
+        // Near the deadline: a long draw is cut to what remains; a Retry-After beyond it,
+        // or no time left at all, gives up.
+        let little = Duration::from_secs(1);
+        assert_eq!(p.wait(d, None, 1.0, little), Some(little));
+        assert_eq!(p.wait(d, ra, 0.1, little), None);
+        assert_eq!(p.wait(d, None, 0.5, Duration::ZERO), None);
     }
 
     /// A subscriber that writes warn (and worse) lines into a buffer.

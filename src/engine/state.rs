@@ -526,11 +526,7 @@ impl Store {
 
     /// Every flight record, ordered by key.
     pub fn flights(&self) -> Result<Vec<FlightRecord>, StateError> {
-        self.flights
-            .iter()
-            .values()
-            .map(|v| decode(&v?, "flights"))
-            .collect()
+        flight_records(&self.flights)
     }
 
     /// One flight's record.
@@ -720,6 +716,14 @@ fn decode<T: serde::de::DeserializeOwned>(v: &[u8], what: &str) -> Result<T, Sta
 /// Opens sled's database. The state dir's own lock is held, so a sled lock still taken can only
 /// be this process's previous store of the same dir, whose background flusher thread lets go of
 /// the file a moment after the store was dropped: wait for it (a few seconds at most).
+/// Every flight record of the `flights` tree, ordered by key.
+fn flight_records(tree: &sled::Tree) -> Result<Vec<FlightRecord>, StateError> {
+    tree.iter()
+        .values()
+        .map(|v| decode(&v?, "flights"))
+        .collect()
+}
+
 /// The mark, in `meta`, that the store holds no image records of committed flights.
 const COMMITTED_IMAGES_DROPPED: &str = "committed_images_dropped";
 
@@ -755,12 +759,7 @@ fn open_compacted(dir: &Path) -> Result<sled::Db, StateError> {
     drop(db);
     let db = open_sled(&path, Some(REWRITE_CACHE))?;
     let meta = db.open_tree("meta")?;
-    let flights: Vec<FlightRecord> = db
-        .open_tree("flights")?
-        .iter()
-        .values()
-        .map(|v| decode(&v?, "flights"))
-        .collect::<Result<_, _>>()?;
+    let flights = flight_records(&db.open_tree("flights")?)?;
     let images = db.open_tree("images")?;
     let mut stale = 0usize;
     for rec in flights.iter().filter(|r| r.phase.is_committed()) {
