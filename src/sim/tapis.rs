@@ -25,7 +25,8 @@ use super::dataset::{Dataset, Dir, SimSystem};
 use super::faults::Cut;
 use super::files::{Conflict, Entry, Item};
 use super::util::{
-    fmt_time, glob_match, json, like_match, param, percent_decode, query_pairs, text, unix, TimeFmt,
+    capped, fmt_time, glob_match, json, like_match, param, percent_decode, query_pairs, text, unix,
+    TimeFmt,
 };
 use super::Shared;
 
@@ -877,18 +878,11 @@ fn content(
     let name = segments.last().cloned().unwrap_or_default();
     let limit = cut.as_ref().map_or(u64::MAX, |c| c.limit(file.size()));
     let counter = Arc::clone(sh);
-    let mut sent = 0u64;
-    let chunks = file.chunks().map_while(move |chunk| {
-        let take = (limit - sent).min(chunk.len() as u64);
-        if take == 0 {
-            return None;
-        }
-        sent += take;
+    let chunks = capped(file.chunks(), limit, move |n| {
         counter
             .stats
             .bytes_downloaded
-            .fetch_add(take, Ordering::Relaxed);
-        Some(Ok::<_, std::io::Error>(chunk.slice(..take as usize)))
+            .fetch_add(n, Ordering::Relaxed);
     });
     let body = match cut.and_then(|c| c.reset) {
         None => Body::from_stream(stream::iter(chunks)),

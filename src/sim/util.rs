@@ -216,6 +216,25 @@ pub(crate) fn html_404(path: &str) -> Response {
     respond(StatusCode::NOT_FOUND, "text/html; charset=utf-8", body)
 }
 
+/// `chunks` up to `limit` bytes in all (the chunk that reaches it cut), each one's length
+/// passed to `sent` as it goes out: a download body, whole or cut short by a fault.
+pub(crate) fn capped(
+    chunks: impl Iterator<Item = bytes::Bytes> + Send + 'static,
+    limit: u64,
+    sent: impl Fn(u64) + Send + 'static,
+) -> impl Iterator<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    let mut total = 0u64;
+    chunks.map_while(move |chunk| {
+        let take = (limit - total).min(chunk.len() as u64);
+        if take == 0 {
+            return None;
+        }
+        total += take;
+        sent(take);
+        Some(Ok(chunk.slice(..take as usize)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,8 @@ use super::processing::{self, Outcome, Processing};
 use super::report::TaskReport;
 use super::sharing::{self, Accounts, Perms};
 use super::util::{
-    fmt_time, html_404, json, param, percent_decode, query_pairs, respond, unix, uuid4, TimeFmt,
+    capped, fmt_time, html_404, json, param, percent_decode, query_pairs, respond, unix, uuid4,
+    TimeFmt,
 };
 use super::Shared;
 
@@ -1173,18 +1174,11 @@ fn asset(sh: &Arc<Shared>, params: &[String], head: bool, cut: Option<Cut>) -> R
     } else {
         let limit = cut.as_ref().map_or(u64::MAX, |c| c.limit(size));
         let counter = Arc::clone(sh);
-        let mut sent = 0u64;
-        let chunks = file.reader().map_while(move |chunk| {
-            let take = (limit - sent).min(chunk.len() as u64);
-            if take == 0 {
-                return None;
-            }
-            sent += take;
+        let chunks = capped(file.reader(), limit, move |n| {
             counter
                 .stats
                 .asset_bytes_downloaded
-                .fetch_add(take, Ordering::Relaxed);
-            Some(Ok::<_, std::io::Error>(chunk.slice(..take as usize)))
+                .fetch_add(n, Ordering::Relaxed);
         });
         match cut.map(|c| c.reset) {
             None if stall_ms > 0 => {
