@@ -265,8 +265,7 @@ impl State {
     }
 
     fn project(&mut self, id: &str) -> Option<&mut Project> {
-        let id: i64 = id.parse().ok()?;
-        self.projects.iter_mut().find(|p| p.id == id)
+        project_in(&mut self.projects, id)
     }
 
     /// Removes a task (drift tests); whether it existed.
@@ -1037,17 +1036,20 @@ async fn upload(sh: &Shared, params: &[String], req: Request) -> Response {
     })
 }
 
+/// The project with the id in a path (`projects` borrowed alone, so the rest of the state
+/// stays usable beside it).
+fn project_in<'a>(projects: &'a mut [Project], id: &str) -> Option<&'a mut Project> {
+    let id: i64 = id.parse().ok()?;
+    projects.iter_mut().find(|p| p.id == id)
+}
+
 /// `POST …/commit/`: the task stops being partial and (again, when it was committed before)
 /// goes to processing.
 fn commit(sh: &Shared, params: &[String]) -> Response {
     let faults = sh.faults.get();
     let mut guard = sh.webodm.lock().expect("webodm lock");
     let st = &mut *guard;
-    let Some(p) = st
-        .projects
-        .iter_mut()
-        .find(|p| Some(p.id) == params[0].parse().ok())
-    else {
+    let Some(p) = project_in(&mut st.projects, &params[0]) else {
         return not_found();
     };
     let failing = p.failing(&st.failing).cloned();
@@ -1087,11 +1089,7 @@ fn restart(sh: &Shared, params: &[String]) -> Response {
     let process_ms = sh.faults.get().process_ms;
     let mut guard = sh.webodm.lock().expect("webodm lock");
     let st = &mut *guard;
-    let Some(p) = st
-        .projects
-        .iter_mut()
-        .find(|p| Some(p.id) == params[0].parse().ok())
-    else {
+    let Some(p) = project_in(&mut st.projects, &params[0]) else {
         return not_found();
     };
     let outcome = match p.failing(&st.failing) {
