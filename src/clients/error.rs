@@ -218,6 +218,19 @@ impl ApiError {
     }
 }
 
+/// An error and its causes, outermost first, joined by ": " (reqwest and lettre put the
+/// useful part — refused, reset, certificate — in the causes).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ use url::Url;
 use crate::config::{CaBundle, RetryConfig, Secret};
 
 use super::bandwidth::Bandwidth;
+use super::error::with_causes;
 pub use super::error::ApiError;
 use super::retry::parse_retry_after;
 pub use super::retry::RetryPolicy;
@@ -301,13 +302,7 @@ fn body_failure(e: &reqwest::Error) -> Option<ApiError> {
 fn transport(service: &'static str, op: &str, doing: &str, e: reqwest::Error) -> ApiError {
     let timeout = e.is_timeout();
     let e = e.without_url();
-    let mut detail = format!("{doing}: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
+    let mut detail = format!("{doing}: {}", with_causes(&e));
     if timeout {
         detail.push_str(" (timed out)");
     }

@@ -3,7 +3,7 @@
 //! implicit TLS (`smtps://`), certificates verified against the OS trust store plus
 //! `smtp_ca_file`.
 
-use std::error::Error as _;
+use crate::clients::error::with_causes;
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
@@ -101,13 +101,7 @@ impl Mailer {
 /// Maps an SMTP failure: a permanent reply (5xx) is not retried, authentication refused is
 /// [`ApiError::Auth`]; connection problems, timeouts and transient replies (4xx) are retried.
 fn smtp_error(server: &str, e: lettre::transport::smtp::Error) -> ApiError {
-    let mut detail = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        source = s.source();
-    }
+    let detail = with_causes(&e);
     let op = format!("sending mail via {server}");
     let code = e.status().map(|c| c.to_string());
     if e.is_permanent() {

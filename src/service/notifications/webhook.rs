@@ -3,7 +3,7 @@
 //! The URL is treated as a secret (incoming-webhook URLs carry a token in their path): errors
 //! and logs name only its scheme and host.
 
-use std::error::Error as _;
+use crate::clients::error::with_causes;
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
@@ -73,20 +73,10 @@ impl Webhook {
         }
         let resp = req.body(body).send().await;
         crate::metrics::request("webhook", resp.as_ref().ok().map(|r| r.status().as_u16()));
-        let resp = resp.map_err(|e| {
-            let e = e.without_url();
-            let mut detail = e.to_string();
-            let mut source = e.source();
-            while let Some(s) = source {
-                detail.push_str(": ");
-                detail.push_str(&s.to_string());
-                source = s.source();
-            }
-            ApiError::Transport {
-                service: "webhook",
-                op: op.clone(),
-                detail,
-            }
+        let resp = resp.map_err(|e| ApiError::Transport {
+            service: "webhook",
+            op: op.clone(),
+            detail: with_causes(&e.without_url()),
         })?;
         let status = resp.status();
         if status.is_success() {
