@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tapis_webodm_sync::engine::state::Store;
+use tapis_webodm_sync::engine::state::{Store, COMMITTED_IMAGES_DROPPED};
 use tapis_webodm_sync::sim::{DatasetSpec, Sim};
 
 use crate::child::{proc_cpu_secs, proc_status_kib, spawn_daemon, wait4};
@@ -163,7 +163,7 @@ async fn lab_store(
         // of the one-time clean-up that `Store::open` now makes.
         let db = sled::open(state_dir.join("db")).map_err(err)?;
         db.open_tree("meta")
-            .and_then(|m| m.remove("committed_images_dropped"))
+            .and_then(|m| m.remove(COMMITTED_IMAGES_DROPPED))
             .map_err(err)?;
         db.flush().map_err(err)?;
     }

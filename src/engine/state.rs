@@ -725,7 +725,7 @@ fn flight_records(tree: &sled::Tree) -> Result<Vec<FlightRecord>, StateError> {
 }
 
 /// The mark, in `meta`, that the store holds no image records of committed flights.
-const COMMITTED_IMAGES_DROPPED: &str = "committed_images_dropped";
+pub const COMMITTED_IMAGES_DROPPED: &str = "committed_images_dropped";
 
 /// Opens `<dir>/db`. Once per store, a store that older versions left holding the image
 /// records of committed flights (nothing reads them; committing now drops them) is rewritten
