@@ -5,9 +5,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-mod service_support;
-
 use tapis_webodm_sync::sim::{DatasetSpec, Sim};
+
+mod service_support;
+mod sim_support;
+use sim_support::tapis_token;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tapis-webodm-sync");
 
@@ -408,19 +410,7 @@ async fn check_config_proves_a_pre_issued_token_with_a_real_call() {
     let (sim, _) = sim_with_config(dir.path()).await;
     let c = sim.credentials().clone();
     let url = sim.base_url();
-    let reply: Value = reqwest::Client::new()
-        .post(format!("{url}/v3/oauth2/tokens"))
-        .json(&serde_json::json!({"username": c.tapis_username, "password": c.tapis_password, "grant_type": "password"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = reply["result"]["access_token"]["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = tapis_token(&sim).await;
     let config = dir.path().join("token.toml");
     std::fs::write(
         &config,

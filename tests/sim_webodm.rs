@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tapis_webodm_sync::sim::{key_tag, DatasetSpec, Faults, Sim};
 
 mod sim_support;
-use sim_support::{local, Webodm as Api};
+use sim_support::{local, tapis_token, Webodm as Api};
 
 fn spec() -> DatasetSpec {
     DatasetSpec {
@@ -495,20 +495,7 @@ async fn report_checks_uploads_against_source() {
     assert_eq!((expected.flights, expected.images), (1, 3));
 
     // Fetch the source bytes from the simulated Tapis.
-    let c = sim.credentials().clone();
-    let tokens: Value = api
-        .http
-        .post(format!("{}/v3/oauth2/tokens", sim.base_url()))
-        .json(&json!({"grant_type": "password", "username": c.tapis_username, "password": c.tapis_password}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tok = tokens["result"]["access_token"]["access_token"]
-        .as_str()
-        .unwrap();
+    let tok = &tapis_token(&sim).await;
     let mut source = Vec::new();
     for img in &flight.images[..2] {
         let url = format!(
