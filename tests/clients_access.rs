@@ -2,8 +2,6 @@
 //! HTTP against the simulator: Tapis share info, stat, mkdir, upload; WebODM users, groups,
 //! project permissions and edit, task restart and processing fields, asset downloads.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,12 +13,11 @@ use tapis_webodm_sync::clients::webodm::{
     Grantee, NewProject, NewTask, PermissionEntry, ProjectEdit, Task, WebodmClient,
 };
 use tapis_webodm_sync::clients::ApiError;
-use tapis_webodm_sync::config::{Config, OptionValue, TaskOption};
+use tapis_webodm_sync::config::{OptionValue, TaskOption};
 use tapis_webodm_sync::sim::{key_tag, DatasetSpec, ExpectedFlight, Faults, Sim, SimGrantee};
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+mod sim_support;
+use sim_support::{fast_config, local};
 
 fn spec() -> DatasetSpec {
     DatasetSpec {
@@ -45,16 +42,7 @@ async fn sim(process_ms: u64) -> Sim {
 
 /// Both clients, configured fast for tests.
 fn clients(sim: &Sim) -> (TapisClient, WebodmClient) {
-    let mut cfg = Config::from_toml(
-        &sim.config_toml(Path::new("/nonexistent/state")),
-        Path::new("/nonexistent/config.toml"),
-    )
-    .unwrap();
-    cfg.tapis.requests_per_second = 1000;
-    cfg.webodm.requests_per_second = 1000;
-    cfg.retry.initial = Duration::from_millis(5);
-    cfg.retry.max = Duration::from_millis(50);
-    cfg.retry.max_elapsed = Duration::from_secs(5);
+    let cfg = fast_config(sim);
     (
         TapisClient::new(&cfg.tapis, &cfg.retry).unwrap(),
         WebodmClient::new(&cfg.webodm, &cfg.retry).unwrap(),

@@ -1,8 +1,6 @@
 //! The Tapis and WebODM clients against the simulator over real HTTP.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -13,9 +11,8 @@ use tapis_webodm_sync::clients::webodm::{NewProject, NewTask, WebodmClient};
 use tapis_webodm_sync::config::{Config, OptionValue, TaskOption};
 use tapis_webodm_sync::sim::{key_tag, DatasetSpec, ExpectedFlight, Sim};
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+mod sim_support;
+use sim_support::{fast_config, local};
 
 fn spec(systems: usize, big: Option<usize>) -> DatasetSpec {
     DatasetSpec {
@@ -28,21 +25,6 @@ fn spec(systems: usize, big: Option<usize>) -> DatasetSpec {
         decoys: true,
         companions: false,
     }
-}
-
-/// The simulator's own daemon config, made fast for tests.
-fn config(sim: &Sim) -> Config {
-    let mut cfg = Config::from_toml(
-        &sim.config_toml(Path::new("/nonexistent/state")),
-        Path::new("/nonexistent/config.toml"),
-    )
-    .unwrap();
-    cfg.tapis.requests_per_second = 1000;
-    cfg.webodm.requests_per_second = 1000;
-    cfg.retry.initial = Duration::from_millis(5);
-    cfg.retry.max = Duration::from_millis(50);
-    cfg.retry.max_elapsed = Duration::from_secs(5);
-    cfg
 }
 
 fn clients(cfg: &Config) -> (TapisClient, WebodmClient) {
@@ -59,7 +41,7 @@ fn flight<'a>(flights: &'a [ExpectedFlight], name: &str) -> &'a ExpectedFlight {
 #[tokio::test]
 async fn systems_listing_pages_past_100_and_includes_shared_systems() {
     let sim = Sim::start(&spec(105, None), local()).await.unwrap();
-    let cfg = config(&sim);
+    let cfg = fast_config(&sim);
     let (tapis, webodm) = clients(&cfg);
     tapis.login().await.unwrap();
     webodm.login().await.unwrap();
@@ -101,7 +83,7 @@ async fn systems_listing_pages_past_100_and_includes_shared_systems() {
 #[tokio::test]
 async fn file_listing_pages_past_1000_and_downloads_are_byte_exact() {
     let sim = Sim::start(&spec(1, Some(1005)), local()).await.unwrap();
-    let cfg = config(&sim);
+    let cfg = fast_config(&sim);
     let (tapis, _) = clients(&cfg);
     let flights = sim.dataset().expected_flights();
     let big = flight(&flights, "BigFlight");
@@ -155,7 +137,7 @@ async fn file_listing_pages_past_1000_and_downloads_are_byte_exact() {
 #[tokio::test]
 async fn project_task_upload_commit_flow() {
     let sim = Sim::start(&spec(1, None), local()).await.unwrap();
-    let cfg = config(&sim);
+    let cfg = fast_config(&sim);
     let (tapis, webodm) = clients(&cfg);
     let flights = sim.dataset().expected_flights();
     let f = flight(&flights, "Vuelo Año 2");
@@ -274,7 +256,7 @@ async fn short_lived_tokens_are_renewed_without_errors() {
     let sim = Sim::start(&spec(1, None), local()).await.unwrap();
     sim.set_token_ttl(Duration::from_secs(2));
     sim.set_webodm_token_ttl(Duration::from_secs(2));
-    let cfg = config(&sim);
+    let cfg = fast_config(&sim);
     let (tapis, webodm) = clients(&cfg);
     let sys = sim.dataset().expected_flights()[0].system_id.clone();
     for _ in 0..3 {
@@ -298,7 +280,7 @@ async fn short_lived_tokens_are_renewed_without_errors() {
 #[tokio::test]
 async fn bad_credentials_are_reported_as_auth_errors() {
     let sim = Sim::start(&spec(1, None), local()).await.unwrap();
-    let mut cfg = config(&sim);
+    let mut cfg = fast_config(&sim);
     cfg.webodm.resolved_password = tapis_webodm_sync::config::Secret::new("wrong-pw-123");
     if let tapis_webodm_sync::config::TapisAuth::Password { password, .. } = &mut cfg.tapis.auth {
         *password = tapis_webodm_sync::config::Secret::new("wrong-pw-456");
@@ -321,7 +303,7 @@ async fn bad_credentials_are_reported_as_auth_errors() {
 #[tokio::test]
 async fn odd_file_names_upload_and_are_found_by_name() {
     let sim = Sim::start(&spec(1, None), local()).await.unwrap();
-    let cfg = config(&sim);
+    let cfg = fast_config(&sim);
     let (_, webodm) = clients(&cfg);
     let project = webodm
         .create_project(&NewProject {

@@ -5,16 +5,35 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
+use tapis_webodm_sync::config::Config;
 use tapis_webodm_sync::sim::Sim;
 
 /// Any free port on loopback.
 pub fn local() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
+}
+
+/// The simulator's own daemon config (no state dir of its own), made fast for tests: rate
+/// limits at 1000 requests per second, retries from 5 ms up to 50 ms for 5 s at most.
+pub fn fast_config(sim: &Sim) -> Config {
+    let mut cfg = Config::from_toml(
+        &sim.config_toml(Path::new("/nonexistent/state")),
+        Path::new("/nonexistent/config.toml"),
+    )
+    .unwrap();
+    cfg.tapis.requests_per_second = 1000;
+    cfg.webodm.requests_per_second = 1000;
+    cfg.retry.initial = Duration::from_millis(5);
+    cfg.retry.max = Duration::from_millis(50);
+    cfg.retry.max_elapsed = Duration::from_secs(5);
+    cfg
 }
 
 /// The `Authorization: Basic …` of the simulator's Tapis OAuth client.
